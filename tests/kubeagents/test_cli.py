@@ -1,0 +1,84 @@
+"""The `kubeagents` command lists only working subcommands and explains every option."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from kubeagents import __version__
+from kubeagents.cli import COMMANDS
+
+KUBEAGENTS = Path(sys.executable).parent / "kubeagents"
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(KUBEAGENTS), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def listed_subcommands(help_text: str) -> set[str]:
+    choices = re.search(r"\{([a-z,-]+)\}", help_text)
+    assert choices, help_text
+    return set(choices.group(1).split(","))
+
+
+def test_help_lists_exactly_the_registered_subcommands() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    assert listed_subcommands(result.stdout) == {c.name for c in COMMANDS}
+    for command in COMMANDS:
+        assert command.name in result.stdout
+
+
+def test_help_lists_no_process_whose_capability_is_not_built() -> None:
+    built = {c.name for c in COMMANDS}
+    listed = listed_subcommands(run("--help").stdout)
+    # Each listed subcommand has a real entry point and settings class (no stubs).
+    assert listed <= built
+    for command in COMMANDS:
+        assert callable(command.run)
+        assert command.settings.model_fields
+
+
+def test_each_subcommand_help_names_every_option_with_its_env_var() -> None:
+    for command in COMMANDS:
+        result = run(command.name, "--help")
+        assert result.returncode == 0, result.stderr
+        prefix = str(command.settings.model_config["env_prefix"])
+        for name, field in command.settings.model_fields.items():
+            assert f"--{name.replace('_', '-')}" in result.stdout
+            assert f"{prefix}{name}".upper() in result.stdout
+            assert field.description, f"{command.name}: {name} has no description"
+
+
+def test_version_flag_prints_the_package_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"kubeagents {__version__}"
+
+
+def test_unknown_subcommand_is_rejected() -> None:
+    result = run("frobnicate")
+    assert result.returncode == 2
+    assert "invalid choice: 'frobnicate'" in result.stderr
+
+
+def test_invalid_flag_value_names_the_option() -> None:
+    result = run("fake-anthropic", "--port", "eighty")
+    assert result.returncode == 2
+    assert "invalid configuration: port:" in result.stderr
+
+
+def test_invalid_env_value_names_the_option() -> None:
+    result = run("fake-anthropic", env={"KUBEAGENTS_FAKE_ANTHROPIC_PORT": "eighty"})
+    assert result.returncode == 2
+    assert "invalid configuration: port:" in result.stderr
