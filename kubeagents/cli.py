@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "is one process; every option can also be set by the environment variable shown.",
     )
     parser.add_argument("--version", action="version", version=f"kubeagents {__version__}")
-    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subcommands = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         sub = subcommands.add_parser(
             command.name,

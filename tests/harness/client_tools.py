@@ -41,7 +41,9 @@ def download_wheel(pip: Path, cache: Path, pin: dict[str, str]) -> Path:
     if not wheel.exists():
         cache.mkdir(parents=True, exist_ok=True)
         requirement = cache / f"{pin['package']}.requirements.txt"
-        requirement.write_text(f"{pin['package']}=={pin['version']} --hash=sha256:{pin['sha256']}\n")
+        requirement.write_text(
+            f"{pin['package']}=={pin['version']} --hash=sha256:{pin['sha256']}\n"
+        )
         subprocess.run(
             [str(pip), "download", "--quiet", "--no-deps", "--require-hashes",
              "-r", str(requirement), "-d", str(cache)],

@@ -29,13 +29,16 @@ def wait_for(
 ) -> T:
     """Poll `probe` until it returns something other than None or False; fail after `timeout`.
 
-    Exceptions raised by the probe count as "not yet"; the last one is named in the error.
+    Exceptions raised by the probe count as "not yet", and the last one is named in the error,
+    except HarnessError, which the probe raises to give up at once.
     """
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
     while True:
         try:
             result = probe()
+        except HarnessError:
+            raise  # a definitive failure (e.g. the process died): waiting longer cannot help
         except Exception as error:  # noqa: BLE001 - any failure of a probe means "not ready yet"
             last_error, result = error, None
         if result is not None and result is not False:
@@ -130,7 +133,7 @@ class ManagedProcess:
         def probe() -> re.Match[str] | None:
             match = regex.search(self.log_text())
             if match is None and not self.alive():
-                raise HarnessError(self.failure_message(f"exited with {self.popen.returncode}"))
+                raise HarnessError(f"exited with {self.popen.returncode}")
             return match
 
         try:
@@ -140,7 +143,9 @@ class ManagedProcess:
 
     def failure_message(self, reason: str) -> str:
         tail = "\n".join(self.log_text().splitlines()[-40:])
-        return f"{self.name} (pid {self.pid}): {reason}\n--- last lines of {self.log_path} ---\n{tail}"
+        return (
+            f"{self.name} (pid {self.pid}): {reason}\n--- last lines of {self.log_path} ---\n{tail}"
+        )
 
     def stop(self, *, timeout: float = 10.0) -> None:
         """SIGTERM the process group, wait, then SIGKILL it. Safe to call twice."""

@@ -1,4 +1,4 @@
-"""Real redis-server processes on free loopback ports: one standalone server and a 3-node cluster."""
+"""Real redis-server processes on free loopback ports: a standalone server and a 3-node cluster."""
 
 from __future__ import annotations
 
@@ -119,13 +119,17 @@ def start_redis_cluster(workdir: Path, nodes: int = 3) -> RedisClusterNodes:
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         if create.returncode != 0:
-            raise HarnessError(f"redis-cli --cluster create failed:\n{create.stdout}{create.stderr}")
+            raise HarnessError(
+                f"redis-cli --cluster create failed:\n{create.stdout}{create.stderr}"
+            )
         clients = [redis.Redis(host="127.0.0.1", port=port) for port in ports]
 
         def all_ok() -> bool:
             return all(c.cluster("INFO")["cluster_state"] == "ok" for c in clients)
 
-        wait_for(all_ok, timeout=START_TIMEOUT, what="every cluster node to report cluster_state:ok")
+        wait_for(
+            all_ok, timeout=START_TIMEOUT, what="every cluster node to report cluster_state:ok"
+        )
         for client in clients:
             client.close()
     except BaseException:

@@ -1,0 +1,139 @@
+"""The fake's mutable state: the script (FIFO + default entry) and the recorded requests.
+
+One `FakeState` per server, passed to `create_app`; no globals. Everything runs on the event
+loop's thread, so no locks are needed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kubeagents.fake_anthropic.events import IdFactory, ReplyPlan, compile_reply
+from kubeagents.fake_anthropic.recording import RequestRecord
+from kubeagents.fake_anthropic.script import ErrorReply, Reply
+
+if TYPE_CHECKING:
+    from kubeagents.fake_anthropic.command import FakeAnthropicSettings
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorPlan:
+    """A compiled `ErrorReply`: status, body fields, headers and latency resolved."""
+
+    entry: ErrorReply
+    status: int
+    error_type: str
+    message: str
+    headers: dict[str, str]
+    latency: float  # seconds
+
+
+Plan = ReplyPlan | ErrorPlan
+
+
+def _retry_after_header(seconds: float) -> str:
+    return str(int(seconds)) if float(seconds).is_integer() else repr(seconds)
+
+
+class _Slot:
+    __slots__ = ("entry", "plan", "remaining")
+
+    def __init__(self, entry: Reply | ErrorReply, plan: Plan) -> None:
+        self.entry = entry
+        self.plan = plan
+        self.remaining = entry.times
+
+
+class FakeState:
+    """The script and the records of one fake server."""
+
+    def __init__(self, settings: FakeAnthropicSettings) -> None:
+        self.settings = settings
+        self.ids = IdFactory()
+        self._script: deque[_Slot] = deque()
+        self._records: deque[RequestRecord] = deque(maxlen=settings.max_recorded)
+        self._next_index = 0
+        self._base_default = Reply()
+        self._default = _Slot(self._base_default, self.compile(self._base_default))
+
+    def compile(self, entry: Reply | ErrorReply) -> Plan:
+        settings = self.settings
+        if isinstance(entry, Reply):
+            return compile_reply(
+                entry,
+                default_text=settings.default_text,
+                latency_ms=settings.latency_ms,
+                event_delay_ms=settings.event_delay_ms,
+            )
+        headers = {name.lower(): value for name, value in entry.headers.items()}
+        if entry.retry_after is not None:
+            headers["retry-after"] = _retry_after_header(entry.retry_after)
+        latency_ms = entry.latency_ms if entry.latency_ms is not None else settings.latency_ms
+        return ErrorPlan(
+            entry=entry,
+            status=entry.status,
+            error_type=entry.resolved_type,
+            message=entry.resolved_message,
+            headers=headers,
+            latency=latency_ms / 1000,
+        )
+
+    # --- the script ---------------------------------------------------------------------------
+
+    def enqueue(self, entries: list[Reply | ErrorReply]) -> int:
+        """Append entries to the script; returns how many entries are queued now."""
+        slots = [_Slot(entry, self.compile(entry)) for entry in entries]
+        self._script.extend(slots)
+        return len(self._script)
+
+    def set_default(self, entry: Reply | ErrorReply) -> None:
+        self._default = _Slot(entry, self.compile(entry))
+
+    def take(self) -> Plan:
+        """The plan answering the next `/v1/messages` request (consumes one use of the head)."""
+        script = self._script
+        if not script:
+            return self._default.plan
+        head = script[0]
+        head.remaining -= 1
+        if head.remaining <= 0:
+            script.popleft()
+        return head.plan
+
+    def peek(self) -> Plan:
+        """The plan the next `/v1/messages` request would get, without consuming it."""
+        return self._script[0].plan if self._script else self._default.plan
+
+    def script_json(self) -> dict[str, Any]:
+        return {
+            "queued": [
+                {"entry": slot.entry.model_dump(mode="json"), "remaining": slot.remaining}
+                for slot in self._script
+            ],
+            "default": self._default.entry.model_dump(mode="json"),
+        }
+
+    # --- the records --------------------------------------------------------------------------
+
+    def record(
+        self, method: str, path: str, query: str, headers: dict[str, str], received_at: float
+    ) -> RequestRecord:
+        record = RequestRecord(self._next_index, method, path, query, headers, received_at)
+        self._next_index += 1
+        self._records.append(record)
+        return record
+
+    def records_json(self, since: int) -> list[dict[str, Any]]:
+        return [record.as_json() for record in self._records if record.index >= since]
+
+    def clear_records(self) -> None:
+        self._records.clear()
+        self._next_index = 0
+
+    def reset(self) -> None:
+        """Forget the script and the records; the default reply is the server's again."""
+        self._script.clear()
+        self._default = _Slot(self._base_default, self.compile(self._base_default))
+        self.clear_records()
