@@ -21,7 +21,10 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export PATH := $(CURDIR)/$(TOOLS_BIN):$(PATH)
 
-.PHONY: help test lint typecheck pytest venv tools redis-server run lock clean
+CLUSTER_DIR ?= .tools/cluster
+
+.PHONY: help test lint typecheck pytest venv tools redis-server controlplane run lock clean \
+	cluster-up cluster-down
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -57,9 +60,18 @@ venv: $(UV) ## Create .venv with exactly the locked dependencies (uv.lock)
 lock: $(UV) ## Re-resolve uv.lock after changing pyproject.toml
 	$(UV) lock
 
-tools: $(UV) redis-server ## helm + kubectl into .tools/bin; redis-server from Debian if missing
+tools: $(UV) redis-server controlplane ## helm, kubectl, control plane, ct into .tools/bin; redis
 	$(BOOTSTRAP_PYTHON) tests/harness/client_tools.py \
 	  --pip $(BOOTSTRAP)/bin/pip --cache $(CACHE)/downloads --tools $(TOOLS_BIN)
+
+controlplane: ## Build etcd, kube-apiserver, -controller-manager, -scheduler, kwok, ct (cached)
+	$(BOOTSTRAP_PYTHON) tests/harness/go_builds.py --cache $(CACHE) --tools $(TOOLS_BIN)
+
+cluster-up: venv tools ## Start a local control plane with 2 kwok nodes; prints export KUBECONFIG=...
+	@cd tests && ../$(VENV)/bin/python -m harness.controlplane up --dir $(abspath $(CLUSTER_DIR))
+
+cluster-down: venv ## Stop the control plane cluster-up started
+	@cd tests && ../$(VENV)/bin/python -m harness.controlplane down --dir $(abspath $(CLUSTER_DIR))
 
 redis-server: ## Install redis-server and redis-cli from Debian packages when missing
 	@if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then exit 0; fi; \

@@ -5,6 +5,8 @@
 - `redis_cluster`: a real 3-node Redis Cluster, flushed before each test that asks for it.
 - `helm`, `kubectl`: the real binaries from the tools folder.
 - `fake_anthropic`: the fake Anthropic Messages API as a separate process, reset per test.
+- `cluster`: a real Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler,
+  kwok nodes) for the session; `namespace`: a fresh namespace in it per test.
 
 A part that cannot start fails the test with the reason; nothing is skipped.
 When a test fails, the new log lines of every process the harness started are attached to the
@@ -13,6 +15,8 @@ report.
 
 from __future__ import annotations
 
+import re
+import secrets
 import sys
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -22,6 +26,7 @@ import pytest
 import redis
 
 from harness.binaries import tool
+from harness.controlplane import ControlPlane, start_control_plane
 from harness.processes import HarnessError, ManagedProcess
 from harness.redis_servers import (
     RedisClusterNodes,
@@ -116,6 +121,27 @@ def helm() -> Path:
 @pytest.fixture(scope="session")
 def kubectl() -> Path:
     return start_or_fail(lambda: tool("kubectl"))
+
+
+# --- Kubernetes -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A real control plane with two kwok nodes; `cluster.kubeconfig` is its admin kubeconfig."""
+    plane = start_or_fail(lambda: start_control_plane(tmp_path_factory.mktemp("cluster")))
+    yield plane
+    plane.stop()
+
+
+@pytest.fixture
+def namespace(cluster: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A new namespace for this test, deleted (without waiting) afterwards."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{slug}-{secrets.token_hex(3)}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 # --- the fake Anthropic API ----------------------------------------------------------------

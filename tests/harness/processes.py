@@ -126,20 +126,33 @@ class ManagedProcess:
         except FileNotFoundError:
             return 0
 
-    def wait_for_log(self, pattern: str, *, timeout: float) -> re.Match[str]:
-        """Wait until the log holds a line matching `pattern`; fail early if the process dies."""
-        regex = re.compile(pattern, re.MULTILINE)
+    def wait_until(self, probe: Callable[[], T | None], *, timeout: float, what: str) -> T:
+        """`wait_for(probe)`, but give up at once, with the log's tail, if the process exits."""
 
-        def probe() -> re.Match[str] | None:
-            match = regex.search(self.log_text())
-            if match is None and not self.alive():
+        def guarded() -> T | None:
+            try:
+                result = probe()
+            except Exception:
+                if not self.alive():
+                    raise HarnessError(f"exited with {self.popen.returncode}") from None
+                raise
+            if (result is None or result is False) and not self.alive():
                 raise HarnessError(f"exited with {self.popen.returncode}")
-            return match
+            return result
 
         try:
-            return wait_for(probe, timeout=timeout, what=f"{self.name} to log {pattern!r}")
+            return wait_for(guarded, timeout=timeout, what=what)
         except HarnessError as error:
             raise HarnessError(self.failure_message(str(error))) from None
+
+    def wait_for_log(self, pattern: str, *, timeout: float) -> re.Match[str]:
+        """Wait until the log holds a line matching `pattern`."""
+        regex = re.compile(pattern, re.MULTILINE)
+        return self.wait_until(
+            lambda: regex.search(self.log_text()),
+            timeout=timeout,
+            what=f"{self.name} to log {pattern!r}",
+        )
 
     def failure_message(self, reason: str) -> str:
         tail = "\n".join(self.log_text().splitlines()[-40:])

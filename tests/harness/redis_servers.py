@@ -39,10 +39,10 @@ def _start_node(name: str, port: int, workdir: Path, *extra: str) -> ManagedProc
     process = ManagedProcess(name, argv, workdir / "redis.log")
     client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
     try:
-        wait_for(client.ping, timeout=START_TIMEOUT, what=f"{name} to answer PING")
-    except HarnessError as error:
+        process.wait_until(client.ping, timeout=START_TIMEOUT, what=f"{name} to answer PING")
+    except HarnessError:
         process.stop()
-        raise HarnessError(process.failure_message(str(error))) from None
+        raise
     finally:
         client.close()
     return process

@@ -1,0 +1,359 @@
+"""A real Kubernetes control plane as local processes: etcd, kube-apiserver, controller-manager,
+scheduler, and kwok simulating the nodes (pods get scheduled, then reported Running and Ready).
+
+Like controller-runtime's envtest, but with the controllers, the scheduler and simulated nodes, so
+Deployments roll out and `helm install --wait` completes. Binaries come from `make tools`
+(tests/harness/go_builds.py). Everything listens on free loopback ports; RBAC is on; each
+component has its own client certificate and kubeconfig. Processes are started and stopped by
+PID, with their logs in the work folder.
+
+For people:  python -m harness.controlplane up|down|status --dir DIR   (see `make cluster-up`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from harness.binaries import tool, tools_dir
+from harness.pki import CertificateAuthority, service_account_keys, write_kubeconfig
+from harness.processes import HarnessError, ManagedProcess, free_port, wait_for
+
+START_TIMEOUT = 90.0
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+API_SERVER_HOSTS = (
+    "127.0.0.1",
+    "localhost",
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
+)
+STATE_FILE = "cluster.json"
+# kwok's own defaults: the built-in node and pod stages (nodes Ready with leases, pods Running).
+KWOK_CONFIG = """\
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokConfiguration
+options: {}
+"""
+
+
+@dataclass
+class ControlPlane:
+    """A running control plane: its admin kubeconfig, API server URL and processes."""
+
+    workdir: Path
+    kubeconfig: Path
+    server: str
+    processes: list[ManagedProcess] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        """The environment for helm, kubectl and ct against this control plane."""
+        path = os.pathsep.join([str(tools_dir()), str(Path(sys.executable).parent)])
+        return {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PATH": f"{path}:{os.environ['PATH']}",
+        }
+
+    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run the real kubectl against this control plane."""
+        return run_kubectl(self.kubeconfig, *args, check=check)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+
+def run_kubectl(
+    kubeconfig: Path, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(tool("kubectl")), "--kubeconfig", str(kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise HarnessError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+    return result
+
+
+def _https_client(ca: Path, cert: Path, key: Path) -> httpx.Client:
+    context = ssl.create_default_context(cafile=str(ca))
+    context.load_cert_chain(str(cert), str(key))
+    return httpx.Client(verify=context, timeout=5)
+
+
+def _fake_node(name: str) -> dict[str, Any]:
+    capacity = {"cpu": "32", "memory": "256Gi", "pods": "110", "ephemeral-storage": "500Gi"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {KWOK_NODE_ANNOTATION: "fake"},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+            },
+        },
+        "status": {"capacity": capacity, "allocatable": capacity},
+    }
+
+
+def _nodes_ready(kubeconfig: Path, count: int) -> bool:
+    listed = json.loads(run_kubectl(kubeconfig, "get", "nodes", "-o", "json").stdout)["items"]
+    ready = [
+        node
+        for node in listed
+        if any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in node.get("status", {}).get("conditions", [])
+        )
+    ]
+    return len(ready) >= count
+
+
+def _default_service_account_exists(kubeconfig: Path) -> bool:
+    return run_kubectl(kubeconfig, "get", "serviceaccount", "default", check=False).returncode == 0
+
+
+def start_control_plane(workdir: Path, *, nodes: int = 2) -> ControlPlane:
+    """Start etcd, the API server, controller-manager, scheduler and kwok with `nodes` nodes."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(workdir / "etcd", ignore_errors=True)  # every start is a new, empty cluster
+    logs = workdir / "logs"
+    pki = workdir / "pki"
+    ca = CertificateAuthority(pki)
+    sa = service_account_keys(pki)
+    serving = ca.issue("apiserver", "kube-apiserver", server_hosts=API_SERVER_HOSTS)
+    admin = ca.issue("admin", "kubeagents-admin", organization="system:masters")
+    plane = ControlPlane(workdir, workdir / "admin.kubeconfig", "")
+    try:
+        etcd_port, peer_port = free_port(), free_port()
+        etcd_url = f"http://127.0.0.1:{etcd_port}"
+        peer_url = f"http://127.0.0.1:{peer_port}"
+        plane.processes.append(
+            ManagedProcess(
+                "etcd",
+                [
+                    str(tool("etcd")), "--name", "default", "--data-dir", str(workdir / "etcd"),
+                    "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
+                    "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+                    "--initial-cluster", f"default={peer_url}", "--unsafe-no-fsync",
+                    "--log-level", "warn",
+                ],
+                logs / "etcd.log",
+            )
+        )  # fmt: skip
+        with httpx.Client(timeout=2) as client:
+            plane.processes[-1].wait_until(
+                lambda: client.get(f"{etcd_url}/health").json()["health"] == "true",
+                timeout=START_TIMEOUT,
+                what="etcd /health",
+            )
+
+        api_port = free_port()
+        plane.server = f"https://127.0.0.1:{api_port}"
+        plane.processes.append(
+            ManagedProcess(
+                "kube-apiserver",
+                [
+                    str(tool("kube-apiserver")),
+                    "--etcd-servers", etcd_url,
+                    "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
+                    "--secure-port", str(api_port),
+                    "--tls-cert-file", str(serving.cert),
+                    "--tls-private-key-file", str(serving.key),
+                    "--client-ca-file", str(ca.cert_path),
+                    "--authorization-mode", "RBAC",
+                    "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
+                    "--service-account-key-file", str(sa.cert),
+                    "--service-account-signing-key-file", str(sa.key),
+                    "--service-cluster-ip-range", "10.96.0.0/16",
+                    "--endpoint-reconciler-type", "none",
+                    "--allow-privileged=true",
+                    "--profiling=false",
+                ],
+                logs / "kube-apiserver.log",
+            )
+        )  # fmt: skip
+        with _https_client(ca.cert_path, admin.cert, admin.key) as client:
+            plane.processes[-1].wait_until(
+                lambda: client.get(f"{plane.server}/readyz").status_code == 200,
+                timeout=START_TIMEOUT,
+                what="kube-apiserver /readyz",
+            )
+        write_kubeconfig(
+            plane.kubeconfig, server=plane.server, ca=ca.cert_path, client=admin, user="admin"
+        )
+
+        components = {
+            "kube-controller-manager": [
+                "--use-service-account-credentials=true",
+                "--service-account-private-key-file", str(sa.key),
+                "--root-ca-file", str(ca.cert_path),
+                "--cluster-signing-cert-file", str(ca.cert_path),
+                "--cluster-signing-key-file", str(pki / "ca.key"),
+            ],
+            "kube-scheduler": [],
+        }  # fmt: skip
+        for component, extra in components.items():
+            user = f"system:{component}"
+            kubeconfig = write_kubeconfig(
+                workdir / f"{component}.kubeconfig",
+                server=plane.server,
+                ca=ca.cert_path,
+                client=ca.issue(component, user),
+                user=user,
+            )
+            plane.processes.append(
+                ManagedProcess(
+                    component,
+                    [str(tool(component)), "--kubeconfig", str(kubeconfig),
+                     "--leader-elect=false", "--secure-port=0", *extra],
+                    logs / f"{component}.log",
+                )
+            )  # fmt: skip
+
+        kwok_config = workdir / "kwok.yaml"
+        kwok_config.write_text(KWOK_CONFIG)
+        kwok_kubeconfig = write_kubeconfig(
+            workdir / "kwok.kubeconfig",
+            server=plane.server,
+            ca=ca.cert_path,
+            client=ca.issue("kwok", "kwok", organization="system:masters"),
+            user="kwok",
+        )
+        plane.processes.append(
+            ManagedProcess(
+                "kwok",
+                [
+                    str(tool("kwok")), "--kubeconfig", str(kwok_kubeconfig),
+                    "--config", str(kwok_config),
+                    "--manage-all-nodes=false",
+                    "--manage-nodes-with-annotation-selector", f"{KWOK_NODE_ANNOTATION}=fake",
+                    "--node-lease-duration-seconds", "40",
+                    "--cidr", "10.244.0.1/16", "--node-ip", "127.0.0.1",
+                ],
+                logs / "kwok.log",
+            )
+        )  # fmt: skip
+        node_list = {
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": [_fake_node(f"kwok-node-{index}") for index in range(nodes)],
+        }
+        nodes_file = workdir / "nodes.json"
+        nodes_file.write_text(json.dumps(node_list))
+        run_kubectl(plane.kubeconfig, "apply", "-f", str(nodes_file))
+        plane.processes[-1].wait_until(
+            lambda: _nodes_ready(plane.kubeconfig, nodes),
+            timeout=START_TIMEOUT,
+            what=f"{nodes} kwok nodes to be Ready",
+        )
+        # Pods can only be created once the service-account controller made `default`.
+        wait_for(
+            lambda: (
+                run_kubectl(
+                    plane.kubeconfig, "get", "serviceaccount", "default", check=False
+                ).returncode
+                == 0
+            ),
+            timeout=START_TIMEOUT,
+            what="the default service account",
+        )
+    except BaseException as error:
+        exited = [p.failure_message("exited") for p in plane.processes if not p.alive()]
+        plane.stop()
+        if isinstance(error, HarnessError):
+            detail = "".join(f"\n{message}" for message in exited if message not in str(error))
+            raise HarnessError(f"control plane did not start: {error}{detail}") from None
+        raise
+    return plane
+
+
+# --- make cluster-up / cluster-down --------------------------------------------------------
+
+
+def program_cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _stop_recorded(state: dict[str, Any]) -> None:
+    """SIGTERM every recorded process that still runs the recorded program, then SIGKILL."""
+    alive = [p for p in state["processes"] if p["program"] in program_cmdline(p["pid"])]
+    for process in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if p["program"] in program_cmdline(p["pid"])]
+        time.sleep(0.1)
+    for process in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process["pid"], signal.SIGKILL)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="A local Kubernetes control plane (kwok nodes).")
+    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("--dir", type=Path, required=True, help="work folder (state, logs, pki)")
+    parser.add_argument("--nodes", type=int, default=2, help="how many kwok nodes (up)")
+    args = parser.parse_args()
+    workdir: Path = args.dir.resolve()
+    state_path = workdir / STATE_FILE
+    state = json.loads(state_path.read_text()) if state_path.exists() else None
+    if args.action == "down":
+        if state is None:
+            print(f"no control plane recorded in {workdir}")
+            return 0
+        _stop_recorded(state)
+        state_path.unlink()
+        print(f"control plane stopped (logs kept in {workdir / 'logs'})")
+        return 0
+    if state is not None and all(
+        p["program"] in program_cmdline(p["pid"]) for p in state["processes"]
+    ):
+        print(f"control plane running: {state['server']}\nexport KUBECONFIG={state['kubeconfig']}")
+        return 0
+    if args.action == "status":
+        print("no control plane running" if state is None else "control plane partly down")
+        return 1
+    if state is not None:
+        _stop_recorded(state)
+    started = time.monotonic()
+    plane = start_control_plane(workdir, nodes=args.nodes)
+    record = {
+        "server": plane.server,
+        "kubeconfig": str(plane.kubeconfig),
+        "processes": [{"pid": p.pid, "program": p.argv[0]} for p in plane.processes],
+    }
+    state_path.write_text(json.dumps(record, indent=2))
+    print(f"control plane up in {time.monotonic() - started:.1f}s: {plane.server}")
+    print(f"export KUBECONFIG={plane.kubeconfig}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
