@@ -16,10 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings
 
 from kubeagents import __version__
 from kubeagents.fake_anthropic.command import FakeAnthropicSettings, serve_fake_anthropic
+from kubeagents_proxy.command import serve_proxy
+from kubeagents_proxy.settings import ProxySettings
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,13 @@ class Command:
 
 
 COMMANDS: tuple[Command, ...] = (
+    Command(
+        name="proxy",
+        summary="The LLM proxy sidecar: the only holder of the API key; per-call caps, "
+        "concurrency caps, timeouts and rolling 24h token and dollar budgets.",
+        settings=ProxySettings,
+        run=serve_proxy,
+    ),
     Command(
         name="fake-anthropic",
         summary="Serve a faithful fake of the Anthropic Messages API on loopback "
@@ -50,15 +60,18 @@ def _env_name(settings: type[BaseSettings], field: str) -> str:
 
 def _add_settings_arguments(parser: argparse.ArgumentParser, settings: type[BaseSettings]) -> None:
     for name, field in settings.model_fields.items():
-        default = field.get_default(call_default_factory=True)
-        shown_default = json.dumps(default) if not isinstance(default, str) else default
+        if field.is_required():
+            shown_default = "required"
+        else:
+            default = field.get_default(call_default_factory=True)
+            shown = default if isinstance(default, str) else to_jsonable_python(default)
+            shown_default = f"default {shown if isinstance(shown, str) else json.dumps(shown)}"
         parser.add_argument(
             f"--{name.replace('_', '-')}",
             dest=name,
             default=None,
             metavar=name.upper(),
-            help=f"{field.description or ''} [env {_env_name(settings, name)}; "
-            f"default {shown_default!s}]",
+            help=f"{field.description or ''} [env {_env_name(settings, name)}; {shown_default}]",
         )
 
 

@@ -1,0 +1,86 @@
+"""`kubeagents proxy`: build the clients from the settings and serve both applications."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from typing import Any
+
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from kubeagents_proxy.app import ProxyDeps, create_proxy
+from kubeagents_proxy.metrics import ProxyMetrics
+from kubeagents_proxy.settings import ProxySettings
+from kubeagents_proxy.upstream import Upstream
+
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+def redis_client(settings: ProxySettings) -> Any | None:
+    if settings.redis_url is None:
+        return None
+    options: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
+    if settings.redis_cluster:
+        return RedisCluster.from_url(settings.redis_url, **options)
+    return Redis.from_url(settings.redis_url, health_check_interval=10, **options)
+
+
+async def serve(settings: ProxySettings) -> int:
+    api_key = settings.read_api_key()
+    upstream = Upstream(
+        settings.upstream_url,
+        api_key,
+        connect_timeout=settings.connect_timeout_seconds,
+        idle_timeout=settings.stream_idle_timeout_seconds,
+        max_retries=settings.upstream_max_retries,
+    )
+    await upstream.start()
+    redis = redis_client(settings)
+    apps = create_proxy(settings, ProxyDeps(upstream=upstream, redis=redis, metrics=ProxyMetrics()))
+    runners = [web.AppRunner(apps.api, access_log=None), web.AppRunner(apps.admin, access_log=None)]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        for runner in runners:
+            await runner.setup()
+        api_site = web.TCPSite(runners[0], settings.host, settings.port, backlog=2048)
+        admin_site = web.TCPSite(runners[1], settings.metrics_host, settings.metrics_port)
+        await api_site.start()
+        await admin_site.start()
+        api_port = runners[0].addresses[0][1]
+        admin_port = runners[1].addresses[0][1]
+        sys.stdout.write(
+            f"kubeagents proxy for agent {settings.agent} listening on "
+            f"http://{settings.host}:{api_port} (metrics on port {admin_port})\n"
+        )
+        sys.stdout.flush()
+        await stop.wait()
+    finally:
+        await runners[0].cleanup()  # stops taking calls, lets running ones finish
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_GRACE_SECONDS):
+                await apps.proxy.accountant.drain()
+        await runners[1].cleanup()
+        await upstream.close()
+        if redis is not None:
+            await redis.aclose()
+    return 0
+
+
+def serve_proxy(settings: ProxySettings) -> int:
+    """Serve until SIGTERM; JSON log lines (one per call) go to stderr."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    loop_factory = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(serve(settings))

@@ -1,0 +1,105 @@
+"""Every refusal of the proxy, in one place, rendered in Anthropic's error shape.
+
+The hierarchy (all subclasses of `ProxyRefusal`; each knows its HTTP status and Anthropic error
+type, and its message names the limit and the numbers):
+
+- `InvalidRequest` (400 invalid_request_error): malformed JSON, wrong types, bad `max_tokens`.
+- `ModelNotAllowed` (403 permission_error): the model is not on the agent's allow-list.
+- `RequestTooLarge` (413 request_too_large): body over the size limit, or an input alone over
+  the per-call token cap.
+- `RateLimited` (429 rate_limit_error, with `retry-after`): budget exhausted, requests per minute,
+  concurrency caps.
+- `LedgerDown` (503 api_error): the budget ledger (Redis) is unreachable and the proxy fails
+  closed.
+- `UpstreamTimeout` (504 timeout_error): the call's total, connect or stream-idle timeout.
+- `UpstreamUnavailable` (502 api_error): the upstream could not be reached.
+
+Errors returned by the upstream itself are passed through unchanged (status, headers and body).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import ClassVar
+
+
+class ProxyRefusal(Exception):
+    """A request the proxy answers itself, with an Anthropic-shaped error."""
+
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "api_error"
+    reason: ClassVar[str] = "error"  # the low-cardinality label in metrics
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"retry-after": str(max(1, math.ceil(self.retry_after)))}
+
+    def body(self, request_id: str) -> bytes:
+        return json.dumps(
+            {
+                "type": "error",
+                "error": {"type": self.error_type, "message": self.message},
+                "request_id": request_id,
+            }
+        ).encode()
+
+
+class InvalidRequest(ProxyRefusal):
+    status = 400
+    error_type = "invalid_request_error"
+    reason = "invalid_request"
+
+
+class ModelNotAllowed(ProxyRefusal):
+    status = 403
+    error_type = "permission_error"
+    reason = "model_not_allowed"
+
+
+class RequestTooLarge(ProxyRefusal):
+    status = 413
+    error_type = "request_too_large"
+    reason = "too_large"
+
+
+class RateLimited(ProxyRefusal):
+    status = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.limit_reason = reason
+
+    @property
+    def label(self) -> str:
+        return self.limit_reason
+
+
+class LedgerDown(ProxyRefusal):
+    status = 503
+    error_type = "api_error"
+    reason = "ledger_unavailable"
+
+
+class UpstreamTimeout(ProxyRefusal):
+    status = 504
+    error_type = "timeout_error"
+    reason = "timeout"
+
+
+class UpstreamUnavailable(ProxyRefusal):
+    status = 502
+    error_type = "api_error"
+    reason = "upstream_unavailable"
+
+
+def refusal_label(refusal: ProxyRefusal) -> str:
+    """The metrics label of a refusal (`budget_tokens`, `concurrency`, `timeout`, ...)."""
+    return refusal.label if isinstance(refusal, RateLimited) else refusal.reason

@@ -1,0 +1,175 @@
+"""`kubeagents proxy` configuration: every limit comes from here (set by the Helm release).
+
+Environment variables carry the prefix `KUBEAGENTS_PROXY_`; list and map values are JSON.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kubeagents_proxy.prices import PriceOverride
+
+RUN_BUDGET_HEADER = "kubeagents-run-budget"
+PROBE_CALL_HEADER = "kubeagents-probe"
+
+
+class MaxTokensPolicy(StrEnum):
+    REJECT = "reject"
+    CLAMP = "clamp"
+
+
+class ProxySettings(BaseSettings):
+    """Configuration of the LLM proxy sidecar."""
+
+    model_config = SettingsConfigDict(env_prefix="KUBEAGENTS_PROXY_", extra="forbid")
+
+    agent: str = Field(
+        pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
+        description="The agent's name (its Helm release); names its budget in Redis.",
+    )
+    namespace: str = Field(
+        default="default",
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="The agent's Kubernetes namespace; with the name it identifies the budget.",
+    )
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address of the Anthropic-compatible API; must be a loopback address so only "
+        "containers of the pod can reach it.",
+    )
+    port: int = Field(default=8080, ge=0, le=65535, description="Port of the API (0: any free).")
+    metrics_host: str = Field(
+        default="0.0.0.0",  # noqa: S104 - kubelet probes and Prometheus reach the pod IP
+        description="Address of /metrics, /livez, /readyz and /kubeagents/budget.",
+    )
+    metrics_port: int = Field(default=9090, ge=0, le=65535, description="Port of the metrics.")
+    upstream_url: str = Field(
+        default="https://api.anthropic.com", description="Base URL of the Anthropic API."
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="The provider API key (prefer api_key_file)."
+    )
+    api_key_file: Path | None = Field(
+        default=None,
+        description="File holding the provider API key (a mounted Secret); read at start.",
+    )
+    allowed_models: list[str] = Field(
+        min_length=1, description="JSON list of the model ids this agent may call."
+    )
+    max_tokens_per_call: int = Field(
+        default=100_000, ge=1, description="Cap on input + output tokens of a single call."
+    )
+    max_tokens_policy: MaxTokensPolicy = Field(
+        default=MaxTokensPolicy.REJECT,
+        description="When max_tokens exceeds what the cap leaves after the input: reject (400) "
+        "or clamp max_tokens down to it.",
+    )
+    max_concurrent_calls: int = Field(
+        default=8, ge=1, description="Calls in flight at once in this pod."
+    )
+    concurrency_wait_seconds: float = Field(
+        default=5.0, ge=0, description="How long a call waits for a free slot before a 429."
+    )
+    max_concurrent_calls_per_agent: int | None = Field(
+        default=None, ge=1, description="Calls in flight at once across all replicas (Redis)."
+    )
+    request_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="Total time of one call, retries included; then 504."
+    )
+    connect_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Time to connect to the upstream."
+    )
+    stream_idle_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="Longest silence of the upstream inside a call."
+    )
+    upstream_max_retries: int = Field(
+        default=2, ge=0, le=10, description="Retries of 429/529/5xx answers within the deadline."
+    )
+    requests_per_minute: int | None = Field(
+        default=None, ge=1, description="Calls per minute per agent, across replicas (Redis)."
+    )
+    budget_tokens_per_day: int | None = Field(
+        default=None, ge=1, description="Rolling 24-hour token budget of the agent (Redis)."
+    )
+    budget_usd_per_day: Decimal | None = Field(
+        default=None, gt=0, description="Rolling 24-hour budget of the agent in US dollars."
+    )
+    budget_fail_open: bool = Field(
+        default=False,
+        description="Let calls through unmetered while Redis is unreachable (default: 503).",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for budgets, per-agent concurrency and rates; required by those.",
+    )
+    redis_cluster: bool = Field(default=False, description="Redis URL points at a Redis Cluster.")
+    prices: dict[str, PriceOverride] = Field(
+        default_factory=dict,
+        description='JSON map model -> {"input": USD/MTok, "output": ..., "cacheWrite5m": ..., '
+        '"cacheWrite1h": ..., "cacheRead": ...} overriding the built-in price table.',
+    )
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024, description="Largest request body accepted (413)."
+    )
+    reservation_grace_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A reservation outlives the request timeout by this much before an "
+        "unsettled one is charged in full.",
+    )
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_only(cls, host: str) -> str:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback:
+            raise ValueError(f"{host} is not a loopback address; the API must stay in the pod")
+        return host
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r} is not an http(s) URL")
+        return url.rstrip("/")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProxySettings:
+        if self.api_key is None and self.api_key_file is None:
+            raise ValueError("set api_key_file (or api_key): the proxy holds the only API key")
+        needs_redis = [
+            name
+            for name, value in (
+                ("budget_tokens_per_day", self.budget_tokens_per_day),
+                ("budget_usd_per_day", self.budget_usd_per_day),
+                ("max_concurrent_calls_per_agent", self.max_concurrent_calls_per_agent),
+                ("requests_per_minute", self.requests_per_minute),
+            )
+            if value is not None
+        ]
+        if needs_redis and not self.redis_url:
+            raise ValueError(f"redis_url is required by {', '.join(needs_redis)}")
+        return self
+
+    def read_api_key(self) -> str:
+        """The provider key: the file's content (stripped) when set, else `api_key`."""
+        if self.api_key_file is not None:
+            key = self.api_key_file.read_text().strip()
+            if not key:
+                raise ValueError(f"api_key_file {self.api_key_file} is empty")
+            return key
+        assert self.api_key is not None  # guaranteed by _consistent
+        return self.api_key.get_secret_value()
+
+    @property
+    def budgets_enabled(self) -> bool:
+        return self.budget_tokens_per_day is not None or self.budget_usd_per_day is not None
