@@ -66,8 +66,9 @@ class RedisServer:
         self.process.stop()
 
 
-def start_redis(workdir: Path) -> RedisServer:
-    port = free_port()
+def start_redis(workdir: Path, *, port: int | None = None) -> RedisServer:
+    """A standalone server; `port` restarts one on the port a stopped server had."""
+    port = port if port is not None else free_port()
     return RedisServer(port, _start_node(f"redis-server:{port}", port, workdir))
 
 
