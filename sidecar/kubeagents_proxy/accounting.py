@@ -118,7 +118,9 @@ class Accountant:
             raise RateLimited(
                 message, reason=f"budget_{refused.kind}", retry_after=refused.retry_after
             ) from None
-        except LedgerUnavailable as error:
+        except Exception as error:  # noqa: BLE001 - any failure of the ledger fails closed
+            if not isinstance(error, LedgerUnavailable):
+                log.exception("budget ledger failed unexpectedly")
             if self.fail_open:
                 log.warning("budget ledger unavailable, call let through unmetered: %s", error)
                 return Charge(None, tokens, usd_nanos)
@@ -143,7 +145,7 @@ class Accountant:
                 try:
                     await self.ledger.settle(reservation, tokens=tokens, usd_nanos=usd)
                     return
-                except LedgerUnavailable as error:
+                except Exception as error:  # noqa: BLE001 - whatever failed, retry until it lands
                     if time.time() > reservation.expires_at:
                         # The ledger has charged the whole reservation by now: nothing is lost.
                         log.warning(

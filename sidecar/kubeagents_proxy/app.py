@@ -415,10 +415,12 @@ class Proxy:
                 except TimeoutError:
                     outcome = "timeout"
                     await self._write_stream_error(response, "timeout_error", "request timeout")
+                except ConnectionResetError:  # before ClientError: the client went away
+                    outcome = "client_disconnect"
                 except aiohttp.ClientError:
                     outcome = "upstream_error"
                     await self._write_stream_error(response, "api_error", "upstream stream broke")
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        except ConnectionResetError:
             outcome = "client_disconnect"
         if outcome == "ok" and not parser.saw_message_stop:
             outcome = "upstream_error"
@@ -431,7 +433,7 @@ class Proxy:
         self, response: web.StreamResponse, error_type: str, message: str
     ) -> None:
         event = json.dumps({"type": "error", "error": {"type": error_type, "message": message}})
-        with suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
+        with suppress(ConnectionResetError):
             await response.write(f"event: error\ndata: {event}\n\n".encode())
 
     def _account(

@@ -199,36 +199,47 @@ local function totals_of(i)
   return { num(t[1]), num(t[2]) }, { num(t[3]), num(t[4]) }
 end
 
--- The buckets of scope i, oldest first, with their amount of one kind.
-local function buckets_of(i, kind)
+-- Walk the buckets of scope i oldest first, a chunk at a time, calling visit(start, amount of
+-- kind) until it returns a value, which walk returns (nil when the buckets run out). Usually the
+-- answer is in the first chunk; the worst case (a full day of 1440 buckets) costs ~1.5 ms.
+local WALK_CHUNK = 32
+local function walk(i, kind, visit)
   local k = scopes[i]
-  local starts = redis.call('ZRANGE', k.starts, 0, -1)
-  local result = {}
-  if #starts == 0 then
-    return result
+  local offset = 0
+  while true do
+    local starts = redis.call('ZRANGE', k.starts, offset, offset + WALK_CHUNK - 1)
+    if #starts == 0 then
+      return nil
+    end
+    local fields = {}
+    for j, b in ipairs(starts) do
+      fields[j] = b .. KIND_FIELDS[kind].suffix
+    end
+    local amounts = redis.call('HMGET', k.buckets, unpack(fields))
+    for j, b in ipairs(starts) do
+      local result = visit(tonumber(b), num(amounts[j]))
+      if result ~= nil then
+        return result
+      end
+    end
+    if #starts < WALK_CHUNK then
+      return nil
+    end
+    offset = offset + WALK_CHUNK
   end
-  local fields = {}
-  for j, b in ipairs(starts) do
-    fields[j] = b .. KIND_FIELDS[kind].suffix
-  end
-  local amounts = redis.call('HMGET', k.buckets, unpack(fields))
-  for j, b in ipairs(starts) do
-    result[j] = { start = tonumber(b), amount = num(amounts[j]) }
-  end
-  return result
 end
 
--- Milliseconds-from-now at which at least `need` of kind has left the window (walking the
--- buckets oldest first); nil when the buckets do not hold that much.
+-- Absolute ms at which at least `need` of kind has left the window (walking the buckets oldest
+-- first); nil when the buckets do not hold that much.
 local function ages_out_ms(i, kind, need)
   local freed = 0
-  for _, bucket in ipairs(buckets_of(i, kind)) do
-    freed = freed + bucket.amount
-    if bucket.amount > 0 and freed >= need then
-      return leaves_ms(bucket.start)
+  return walk(i, kind, function(start, amount)
+    freed = freed + amount
+    if amount > 0 and freed >= need then
+      return leaves_ms(start)
     end
-  end
-  return nil
+    return nil
+  end)
 end
 
 -- The earliest expiry of an outstanding reservation of scope i (absolute ms), or nil.
@@ -281,12 +292,16 @@ end
 
 -- Seconds until the oldest bucket holding spend of kind leaves the window; -1 when none.
 local function seconds_until_free(i, kind)
-  for _, bucket in ipairs(buckets_of(i, kind)) do
-    if bucket.amount > 0 then
-      return seconds_from_now(leaves_ms(bucket.start))
+  local at = walk(i, kind, function(start, amount)
+    if amount > 0 then
+      return leaves_ms(start)
     end
+    return nil
+  end)
+  if at == nil then
+    return -1
   end
-  return -1
+  return seconds_from_now(at)
 end
 
 for i = 1, N do

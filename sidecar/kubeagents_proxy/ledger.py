@@ -46,6 +46,14 @@ bucket whichever later call sweeps them, and in every scope of the reservation),
 that left the window are subtracted from the running totals and deleted (a zset range, usually
 0 or 1 bucket). So no call sums the buckets; it reads four running totals per scope.
 
+A reservation is recorded in each of its scopes, with one expiry. A scope is swept by every
+call that names it; the proxy names the `agent` scope in every call, and a run scope that no
+call names any more is charged (in the same expiry bucket) by the next call that names it, or
+its keys expire. Every operation on a reservation sweeps all of its scopes first, so its
+scopes never disagree: settle and extend find it in all of them or in none.
+`reserve()` is idempotent by its (client-generated) id, because redis-py resends a command
+whose reply was lost: the second run finds the id and reserves nothing more.
+
 `retry_after` of a refused request (per scope and kind, with limit L, used U, reserved R,
 requested r; the reported refusal is the worst of all failing checks: `never_fits` first, then
 the longest `retry_after`):
