@@ -118,7 +118,7 @@ class Accountant:
             raise RateLimited(
                 message, reason=f"budget_{refused.kind}", retry_after=refused.retry_after
             ) from None
-        except Exception as error:  # noqa: BLE001 - any failure of the ledger fails closed
+        except Exception as error:  # any failure of the ledger fails closed
             if not isinstance(error, LedgerUnavailable):
                 log.exception("budget ledger failed unexpectedly")
             if self.fail_open:
