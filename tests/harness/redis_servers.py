@@ -66,10 +66,12 @@ class RedisServer:
         self.process.stop()
 
 
-def start_redis(workdir: Path, *, port: int | None = None) -> RedisServer:
-    """A standalone server; `port` restarts one on the port a stopped server had."""
+def start_redis(workdir: Path, *, port: int | None = None, persistent: bool = False) -> RedisServer:
+    """A standalone server. `port` and the same `workdir` restart a stopped one; `persistent`
+    turns the append-only file on, so a restart keeps the data (as a production ledger must)."""
     port = port if port is not None else free_port()
-    return RedisServer(port, _start_node(f"redis-server:{port}", port, workdir))
+    extra = ("--appendonly", "yes", "--appendfsync", "always") if persistent else ()
+    return RedisServer(port, _start_node(f"redis-server:{port}", port, workdir, *extra))
 
 
 @dataclass

@@ -18,7 +18,7 @@ from harness.redis_servers import start_redis
 from kubeagents.fake_anthropic import ErrorReply, FakeAnthropicControl, Reply
 
 MODEL = "claude-sonnet-5-5"
-HELLO = [{"role": "user", "content": "hello"}]
+HELLO: list[anthropic.types.MessageParam] = [{"role": "user", "content": "hello"}]
 
 
 def post(proxy: ProxyProcess, body: Any, **kwargs: Any) -> httpx.Response:

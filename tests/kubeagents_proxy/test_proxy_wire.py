@@ -9,7 +9,7 @@ from harness.proxy import TEST_API_KEY, StartProxy, sdk
 from kubeagents.fake_anthropic import FakeAnthropicControl, Reply
 
 MODEL = "claude-sonnet-5-5"
-HELLO = [{"role": "user", "content": "hello"}]
+HELLO: list[anthropic.types.MessageParam] = [{"role": "user", "content": "hello"}]
 
 
 def test_messages_create_goes_through_with_the_proxys_key(
