@@ -22,6 +22,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kubeagents_proxy.accounting import Accountant, Charge, parse_run_budget
@@ -53,6 +56,7 @@ COUNT_TOKENS_FIELDS = frozenset(
     {"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"}
 )
 MAX_TOKENS_CEILING = 2**31 - 1
+PROPAGATOR = TraceContextTextMapPropagator()
 
 
 @dataclass
@@ -62,6 +66,7 @@ class ProxyDeps:
     upstream: Upstream
     redis: Any | None  # redis.asyncio.Redis or RedisCluster
     metrics: ProxyMetrics
+    tracer: trace.Tracer | None = None  # None: no spans (kubeagents.telemetry.build_tracer)
 
 
 def _request_id() -> str:
@@ -91,6 +96,7 @@ class CallPlan:
     max_tokens: int
     run_scope: Scope | None
     probe: bool
+    span: trace.Span | None = None
 
 
 class Proxy:
@@ -101,6 +107,7 @@ class Proxy:
         self.upstream = deps.upstream
         self.redis = deps.redis
         self.metrics = deps.metrics
+        self.tracer = deps.tracer
         self.prices = PriceTable.with_overrides(settings.prices)
         self.allowed = frozenset(settings.allowed_models)
         self.pod_concurrency = PodConcurrency(
@@ -284,10 +291,32 @@ class Proxy:
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
+        span = None
+        if self.tracer is not None:
+            span = self.tracer.start_span(
+                "chat",
+                context=PROPAGATOR.extract(request.headers),
+                kind=SpanKind.CLIENT,
+                attributes={"gen_ai.operation.name": "chat", "gen_ai.provider.name": "anthropic"},
+            )
+        try:
+            return await self._messages(request, started, span)
+        finally:
+            if span is not None:
+                span.end()
+
+    async def _messages(
+        self, request: web.Request, started: float, span: trace.Span | None
+    ) -> web.StreamResponse:
         model = "unknown"
         try:
             plan = await self._plan(request)
+            plan.span = span
             model = plan.model
+            if span is not None:
+                span.update_name(f"chat {model}")
+                span.set_attribute("gen_ai.request.model", model)
+                span.set_attribute("gen_ai.request.max_tokens", plan.max_tokens)
             if self.rate is not None:
                 await self.rate.admit()
             async with AsyncExitStack() as stack:
@@ -301,6 +330,9 @@ class Proxy:
                 finally:
                     self.metrics.in_flight.dec()
         except ProxyRefusal as refusal:
+            if span is not None:
+                span.set_attribute("error.type", refusal.error_type)
+                span.set_status(Status(StatusCode.ERROR, refusal.message))
             self.metrics.refusals.labels(refusal_label(refusal)).inc()
             outcome = "timeout" if isinstance(refusal, UpstreamTimeout) else "refused"
             self.metrics.requests.labels(model if model in self.allowed else "other", outcome).inc()
@@ -341,14 +373,13 @@ class Proxy:
         self, request: web.Request, plan: CallPlan, charge: Charge, started: float
     ) -> web.StreamResponse:
         deadline = started + self.settings.request_timeout_seconds
+        headers = self.upstream.headers(request.headers)
+        if plan.span is not None and plan.span.get_span_context().is_valid:
+            PROPAGATOR.inject(headers, context=trace.set_span_in_context(plan.span))
         sent_at = time.monotonic()
         try:
             upstream = await self.upstream.request(
-                "POST",
-                "/v1/messages",
-                body=plan.raw,
-                headers=self.upstream.headers(request.headers),
-                deadline=deadline,
+                "POST", "/v1/messages", body=plan.raw, headers=headers, deadline=deadline
             )
         except UpstreamUnavailable:
             self.accountant.settle(charge, tokens=0, usd_nanos=0)  # nothing reached the model
@@ -467,6 +498,8 @@ class Proxy:
             metrics.cost.labels(plan.model).inc(usd / 1e9)
         if plan.probe:
             metrics.probe_calls.labels(outcome).inc()
+        if plan.span is not None:
+            _describe_call(plan.span, usage, outcome)
         self._log_call(plan.model, outcome, started, tokens=tokens, usd_nanos=usd, probe=plan.probe)
 
     def _log_call(
@@ -604,6 +637,23 @@ class Proxy:
             body=generate_latest(self.metrics.registry),
             headers={"content-type": CONTENT_TYPE_LATEST},
         )
+
+
+def _describe_call(span: trace.Span, usage: Usage | None, outcome: str) -> None:
+    """GenAI semantic-convention attributes of a finished call."""
+    if usage is not None:
+        cache_write = usage.cache_write_5m_tokens + usage.cache_write_1h_tokens
+        span.set_attribute(
+            "gen_ai.usage.input_tokens",
+            usage.input_tokens + cache_write + usage.cache_read_tokens,
+        )
+        span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
+        span.set_attribute("gen_ai.usage.cache_read.input_tokens", usage.cache_read_tokens)
+        span.set_attribute("gen_ai.usage.cache_creation.input_tokens", cache_write)
+    span.set_attribute("kubeagents.outcome", outcome)
+    if outcome != "ok":
+        span.set_attribute("error.type", outcome)
+        span.set_status(Status(StatusCode.ERROR, outcome))
 
 
 def _kind_json(state: Any, *, scale: float = 1.0) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from kubeagents.telemetry import build_tracer, tracing_requested
 from kubeagents_proxy.app import ProxyDeps, create_proxy
 from kubeagents_proxy.metrics import ProxyMetrics
 from kubeagents_proxy.settings import ProxySettings
@@ -41,7 +42,9 @@ async def serve(settings: ProxySettings) -> int:
     )
     await upstream.start()
     redis = redis_client(settings)
-    apps = create_proxy(settings, ProxyDeps(upstream=upstream, redis=redis, metrics=ProxyMetrics()))
+    tracer = build_tracer("kubeagents-proxy", "kubeagents.proxy") if tracing_requested() else None
+    deps = ProxyDeps(upstream=upstream, redis=redis, metrics=ProxyMetrics(), tracer=tracer)
+    apps = create_proxy(settings, deps)
     runners = [web.AppRunner(apps.api, access_log=None), web.AppRunner(apps.admin, access_log=None)]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -42,12 +42,14 @@ def start_proxy(
     upstream_url: str,
     settings: Mapping[str, Any],
     name: str = "proxy",
+    extra_env: Mapping[str, str] | None = None,
 ) -> ProxyProcess:
     """Start a proxy with `settings` (field -> value; lists/maps become JSON) on free ports."""
     workdir.mkdir(parents=True, exist_ok=True)
     key_file = workdir / "api-key"
     key_file.write_text(TEST_API_KEY + "\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBEAGENTS_PROXY_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBEAGENTS_PROXY_", "OTEL_"))}
+    env.update(extra_env or {})
     values: dict[str, Any] = {
         "agent": "research",
         "namespace": "tests",

@@ -19,13 +19,16 @@ def start_proxies(
     """Start proxies (`start(**settings)`) in front of the fake; all stopped after the test."""
     started: list[ProxyProcess] = []
 
-    def start(name: str = "proxy", **settings: Any) -> ProxyProcess:
+    def start(
+        name: str = "proxy", extra_env: dict[str, str] | None = None, **settings: Any
+    ) -> ProxyProcess:
         try:
             proxy = start_proxy(
                 tmp_path_factory.mktemp(name),
                 upstream_url=fake_anthropic.base_url,
                 settings=settings,
                 name=name,
+                extra_env=extra_env,
             )
         except HarnessError as error:
             pytest.fail(f"the proxy did not start: {error}", pytrace=False)

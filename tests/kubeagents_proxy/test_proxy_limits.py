@@ -208,7 +208,7 @@ def test_pod_concurrency_cap_waits_then_refuses(
     start_proxies: StartProxy, fake_anthropic: FakeAnthropicControl
 ) -> None:
     proxy = start_proxies(max_concurrent_calls=1, concurrency_wait_seconds=0.2)
-    fake_anthropic.enqueue(Reply.with_text("slow", latency_ms=3000))
+    fake_anthropic.enqueue(Reply.with_text("slow", latency_ms=6000))
     slow = threading.Thread(
         target=post, args=(proxy, {"model": MODEL, "max_tokens": 10, "messages": HELLO})
     )
