@@ -283,3 +283,98 @@ def test_redis_down_fails_closed_with_503_and_recovers_by_itself(
         assert httpx.get(f"{proxy.admin_url}/readyz").status_code == 200
     finally:
         restarted.stop()
+
+
+def test_agent_concurrency_cap_holds_across_replicas(
+    start_proxies: StartProxy, fake_anthropic: FakeAnthropicControl, redis_url: str
+) -> None:
+    settings = {
+        "redis_url": redis_url,
+        "max_concurrent_calls_per_agent": 1,
+        "concurrency_wait_seconds": 0.2,
+    }
+    first, second = start_proxies("replica-a", **settings), start_proxies("replica-b", **settings)
+    fake_anthropic.enqueue(Reply.with_text("slow", latency_ms=6000))
+    slow = threading.Thread(
+        target=post, args=(first, {"model": MODEL, "max_tokens": 10, "messages": HELLO})
+    )
+    slow.start()
+    wait_for(lambda: fake_anthropic.requests(), timeout=10, what="the slow call upstream")
+    refused = post(second, {"model": MODEL, "max_tokens": 10, "messages": HELLO})
+    slow.join()
+    status, kind, message = error_of(refused)
+    assert (status, kind) == (429, "rate_limit_error")
+    assert "concurrency cap of agent research reached: 1 calls in flight across all" in message
+    # The lease is released at the end of the call: the next call gets the slot.
+    assert post(second, {"model": MODEL, "max_tokens": 10, "messages": HELLO}).status_code == 200
+
+
+def test_a_silent_stream_ends_with_a_timeout_error_event(
+    start_proxies: StartProxy, fake_anthropic: FakeAnthropicControl
+) -> None:
+    proxy = start_proxies(stream_idle_timeout_seconds=1)
+    fake_anthropic.enqueue(Reply.with_text("a b c d e f", event_delay_ms=4000))
+    body = {"model": MODEL, "max_tokens": 50, "messages": HELLO, "stream": True}
+    with httpx.stream(
+        "POST",
+        f"{proxy.url}/v1/messages",
+        json=body,
+        headers={"x-api-key": "client", "anthropic-version": "2023-06-01"},
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200
+        lines = list(response.iter_lines())
+    assert lines[0] == "event: message_start"
+    assert "event: error" in lines
+    error = json.loads(lines[lines.index("event: error") + 1].removeprefix("data: "))
+    assert error["error"]["type"] == "timeout_error"
+
+
+def test_a_run_budget_header_adds_a_second_scope_that_refuses_on_its_own(
+    start_proxies: StartProxy, fake_anthropic: FakeAnthropicControl, redis_url: str
+) -> None:
+    proxy = start_proxies(redis_url=redis_url, budget_tokens_per_day=1_000_000)
+    run_budget = {"kubeagents-run-budget": "run=team-run-7; tokens=600"}
+    fake_anthropic.enqueue(Reply.with_text("first", input_tokens=300, output_tokens=200))
+    client = sdk(proxy, default_headers=run_budget)
+    client.messages.create(model=MODEL, max_tokens=200, messages=HELLO)
+    run = wait_for(
+        lambda: (
+            (s := httpx.get(f"{proxy.admin_url}/kubeagents/budget?run=team-run-7").json())[
+                "scopes"
+            ][1]["tokens"]["reserved"]
+            == 0
+            and s
+        ),
+        timeout=10,
+        what="the run scope to be settled",
+    )
+    assert run["scopes"][1]["scope"] == "run:team-run-7"
+    assert run["scopes"][1]["tokens"]["used"] == 500
+    with pytest.raises(anthropic.RateLimitError, match="budget of scope run:team-run-7 exhausted"):
+        client.messages.create(model=MODEL, max_tokens=200, messages=HELLO)
+    # The agent scope alone would have let it through.
+    assert sdk(proxy).messages.create(model=MODEL, max_tokens=200, messages=HELLO).content
+
+
+def test_a_malformed_run_budget_header_is_a_400(start_proxies: StartProxy, redis_url: str) -> None:
+    proxy = start_proxies(redis_url=redis_url, budget_tokens_per_day=1_000)
+    client = sdk(proxy, default_headers={"kubeagents-run-budget": "run=r1; tokens=lots"})
+    with pytest.raises(anthropic.BadRequestError, match="tokens must be an integer"):
+        client.messages.create(model=MODEL, max_tokens=10, messages=HELLO)
+
+
+def test_content_the_body_cannot_bound_is_measured_with_count_tokens_first(
+    start_proxies: StartProxy, fake_anthropic: FakeAnthropicControl, redis_url: str
+) -> None:
+    proxy = start_proxies(redis_url=redis_url, budget_tokens_per_day=1_000_000)
+    image: anthropic.types.MessageParam = {
+        "role": "user",
+        "content": [
+            {"type": "image", "source": {"type": "url", "url": "https://example.invalid/x.png"}},
+            {"type": "text", "text": "what is this?"},
+        ],
+    }
+    sdk(proxy).messages.create(model=MODEL, max_tokens=10, messages=[image])
+    paths = [r.path for r in fake_anthropic.requests()]
+    assert paths == ["/v1/messages/count_tokens", "/v1/messages"]
