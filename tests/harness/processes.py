@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -9,7 +10,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -47,6 +48,19 @@ def wait_for(
             detail = f" (last error: {last_error!r})" if last_error else ""
             raise HarnessError(f"timed out after {timeout:.1f}s waiting for {what}{detail}")
         time.sleep(interval)
+
+
+async def poll(probe: Callable[[], Awaitable[T | None]], *, within: float, what: str) -> T:
+    """`wait_for` for async probes: await `probe` until it returns something other than
+    None/False; fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await probe()
+        if result is not None and result is not False:
+            return result
+        if time.monotonic() >= deadline:
+            raise HarnessError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 def free_port(*, also_free: Sequence[int] = ()) -> int:

@@ -6,7 +6,6 @@ import asyncio
 import math
 import random
 import sys
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from pathlib import Path
@@ -17,7 +16,7 @@ import redis
 import redis.asyncio
 import redis.exceptions
 
-from harness.processes import ManagedProcess
+from harness.processes import ManagedProcess, poll
 from harness.redis_servers import start_redis
 from kubeagents_proxy.ledger import (
     BudgetExceeded,
@@ -44,18 +43,6 @@ def run(factory: Callable[[redis.asyncio.Redis], Coroutine[Any, Any, T]], url: s
             await client.aclose()
 
     return asyncio.run(main())
-
-
-async def poll(probe: Callable[[], Awaitable[T | None]], *, within: float, what: str) -> T:
-    """Await `probe` until it returns something other than None/False; fail after `within` s."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await probe()
-        if result is not None and result is not False:
-            return result
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def dump_all(client: redis.Redis) -> dict[Any, tuple[Any, Any, int]]:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import pytest
 import redis
 import redis.asyncio.cluster
 
+from harness.processes import poll
 from harness.redis_servers import RedisClusterNodes
 from kubeagents_proxy.ledger import (
     BudgetExceeded,
@@ -37,17 +37,6 @@ def run_on(
             await client.aclose()
 
     return asyncio.run(main())
-
-
-async def poll(probe: Callable[[], Awaitable[T | None]], *, within: float, what: str) -> T:
-    deadline = time.monotonic() + within
-    while True:
-        result = await probe()
-        if result is not None and result is not False:
-            return result
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def agents_on_different_nodes(nodes: RedisClusterNodes) -> tuple[str, str]:
