@@ -9,6 +9,7 @@ Only subcommands whose capability exists are registered here; there are no stubs
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -20,19 +21,27 @@ from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings
 
 from kubeagents import __version__
-from kubeagents.fake_anthropic.command import FakeAnthropicSettings, serve_fake_anthropic
-from kubeagents_proxy.command import serve_proxy
+from kubeagents.fake_anthropic.settings import FakeAnthropicSettings
 from kubeagents_proxy.settings import ProxySettings
 
 
 @dataclass(frozen=True)
 class Command:
-    """A subcommand: its name, a one-line summary, its settings class and its entry point."""
+    """A subcommand: its name, a one-line summary, its settings class and its entry point.
+
+    `entry_point` is `"module:function"`, imported only when the subcommand runs, so a process
+    loads only its own code (start-up time and idle memory of the sidecars).
+    """
 
     name: str
     summary: str
     settings: type[BaseSettings]
-    run: Callable[[Any], int]
+    entry_point: str
+
+    def run(self, settings: BaseSettings) -> int:
+        module, _, function = self.entry_point.partition(":")
+        serve: Callable[[Any], int] = getattr(importlib.import_module(module), function)
+        return serve(settings)
 
 
 COMMANDS: tuple[Command, ...] = (
@@ -41,14 +50,14 @@ COMMANDS: tuple[Command, ...] = (
         summary="The LLM proxy sidecar: the only holder of the API key; per-call caps, "
         "concurrency caps, timeouts and rolling 24h token and dollar budgets.",
         settings=ProxySettings,
-        run=serve_proxy,
+        entry_point="kubeagents_proxy.command:serve_proxy",
     ),
     Command(
         name="fake-anthropic",
         summary="Serve a faithful fake of the Anthropic Messages API on loopback "
         "(local mode, tests and benchmarks).",
         settings=FakeAnthropicSettings,
-        run=serve_fake_anthropic,
+        entry_point="kubeagents.fake_anthropic.command:serve_fake_anthropic",
     ),
 )
 

@@ -7,7 +7,7 @@ local mode.
 - `tokens`: the deterministic token estimate.
 - `events`, `validation`, `catalog`, `state`, `server`: the server's parts
   (`server.create_app(settings, state)`).
-- `command`: `FakeAnthropicSettings` and `serve_fake_anthropic`, behind
+- `settings`: `FakeAnthropicSettings`; `command`: `serve_fake_anthropic`, behind
   `kubeagents fake-anthropic`.
 """
 

@@ -10,62 +10,12 @@ import sys
 from collections.abc import Callable
 
 from aiohttp import web
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kubeagents.fake_anthropic.server import create_app
+from kubeagents.fake_anthropic.settings import FakeAnthropicSettings
 from kubeagents.fake_anthropic.state import FakeState
 
 LISTENING_LINE = "kubeagents fake-anthropic listening on {url}"
-
-
-class FakeAnthropicSettings(BaseSettings):
-    """Configuration of the fake Anthropic Messages API process."""
-
-    model_config = SettingsConfigDict(env_prefix="KUBEAGENTS_FAKE_ANTHROPIC_")
-
-    host: str = Field(default="127.0.0.1", description="Address to listen on.")
-    port: int = Field(
-        default=8787,
-        ge=0,
-        le=65535,
-        description="TCP port to listen on; 0 picks a free port (the listening line names it).",
-    )
-    api_key: str | None = Field(
-        default=None,
-        description="The only API key accepted (x-api-key or Authorization: Bearer); "
-        "unset accepts any non-empty key. Other keys get 401 authentication_error.",
-    )
-    latency_ms: float = Field(
-        default=0,
-        ge=0,
-        description="Base time to first byte of every /v1/messages reply, in milliseconds "
-        "(a script entry can override it).",
-    )
-    event_delay_ms: float = Field(
-        default=0,
-        ge=0,
-        description="Delay before each stream event after the first, in milliseconds "
-        "(a script entry can override it).",
-    )
-    default_text: str = Field(
-        default="Hello from the fake Anthropic API.",
-        description="The reply text when nothing is programmed.",
-    )
-    max_recorded: int = Field(
-        default=10_000,
-        ge=0,
-        description="How many recent requests the fake remembers for GET /_fake/requests "
-        "(0 records nothing, for long benchmarks).",
-    )
-    access_log: bool = Field(
-        default=False, description="Log every request to stderr (off: the hot path stays cheap)."
-    )
-
-    @field_validator("api_key")
-    @classmethod
-    def _empty_key_is_unset(cls, value: str | None) -> str | None:
-        return value or None
 
 
 def _url(host: str, port: int) -> str:

@@ -49,7 +49,7 @@ from kubeagents.fake_anthropic.tokens import estimate_input_tokens
 from kubeagents.fake_anthropic.validation import check_messages_body, check_version
 
 if TYPE_CHECKING:
-    from kubeagents.fake_anthropic.command import FakeAnthropicSettings
+    from kubeagents.fake_anthropic.settings import FakeAnthropicSettings
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 JSON_TYPE = "application/json"

@@ -15,7 +15,7 @@ from kubeagents.fake_anthropic.recording import RequestRecord
 from kubeagents.fake_anthropic.script import ErrorReply, Reply
 
 if TYPE_CHECKING:
-    from kubeagents.fake_anthropic.command import FakeAnthropicSettings
+    from kubeagents.fake_anthropic.settings import FakeAnthropicSettings
 
 
 @dataclass(frozen=True, slots=True)

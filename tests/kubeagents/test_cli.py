@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import subprocess
@@ -45,7 +46,8 @@ def test_help_lists_no_process_whose_capability_is_not_built() -> None:
     # Each listed subcommand has a real entry point and settings class (no stubs).
     assert listed <= built
     for command in COMMANDS:
-        assert callable(command.run)
+        module, _, function = command.entry_point.partition(":")
+        assert callable(getattr(importlib.import_module(module), function))
         assert command.settings.model_fields
 
 
