@@ -56,7 +56,10 @@ class PodConcurrency:
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         try:
-            async with asyncio.timeout(self.wait_seconds):
+            if self._semaphore.locked():  # only a call that has to wait pays for a timer
+                async with asyncio.timeout(self.wait_seconds):
+                    await self._semaphore.acquire()
+            else:
                 await self._semaphore.acquire()
         except TimeoutError:
             raise RateLimited(
