@@ -27,6 +27,7 @@ from kubeagents_proxy.metrics import ProxyMetrics
 
 log = logging.getLogger("kubeagents.proxy")
 NANOS_PER_USD = Decimal(1_000_000_000)
+SETTLE_ATTEMPT_SECONDS = 5.0
 SETTLE_BACKOFF_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 _RUN_ID = re.compile(r"^[A-Za-z0-9._/-]{1,150}$")
 
@@ -121,6 +122,9 @@ class Accountant:
         except Exception as error:  # any failure of the ledger fails closed
             if not isinstance(error, LedgerUnavailable):
                 log.exception("budget ledger failed unexpectedly")
+            elif error.unconfirmed is not None:
+                # It may have been recorded: release it rather than let it expire into a charge.
+                self.settle(Charge(error.unconfirmed, 0, 0), tokens=0, usd_nanos=0)
             if self.fail_open:
                 log.warning("budget ledger unavailable, call let through unmetered: %s", error)
                 return Charge(None, tokens, usd_nanos)
@@ -143,7 +147,8 @@ class Accountant:
         try:
             while True:
                 try:
-                    await self.ledger.settle(reservation, tokens=tokens, usd_nanos=usd)
+                    async with asyncio.timeout(SETTLE_ATTEMPT_SECONDS):
+                        await self.ledger.settle(reservation, tokens=tokens, usd_nanos=usd)
                     return
                 except Exception as error:  # noqa: BLE001 - whatever failed, retry until it lands
                     if time.time() > reservation.expires_at:

@@ -25,7 +25,7 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 def redis_client(settings: ProxySettings) -> Any | None:
     if settings.redis_url is None:
         return None
-    options: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
+    options: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0}
     if settings.redis_cluster:
         return RedisCluster.from_url(settings.redis_url, **options)
     return Redis.from_url(settings.redis_url, health_check_interval=10, **options)

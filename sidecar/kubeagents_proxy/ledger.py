@@ -77,6 +77,7 @@ from __future__ import annotations
 import enum
 import math
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -120,7 +121,14 @@ class LedgerError(Exception):
 
 
 class LedgerUnavailable(LedgerError):
-    """Redis could not be reached or did not answer in time; the proxy fails closed (503)."""
+    """Redis could not be reached or did not answer in time; the proxy fails closed (503).
+
+    Raised by `reserve()`, it carries the reservation that may or may not have been recorded
+    (`unconfirmed`), so the caller can release it (`settle` with zero is idempotent) instead of
+    leaving it to be charged in full when it expires.
+    """
+
+    unconfirmed: Reservation | None = None
 
 
 class BudgetExceeded(LedgerError):
@@ -330,9 +338,19 @@ class BudgetLedger:
         for scope in scopes:
             for limit in (scope.token_limit, scope.usd_nanos_limit):
                 limits.append("" if limit is None else str(limit))
-        reply = await self._call(
-            "reserve", names, reservation_id, tokens, usd_nanos, ttl_ms, *limits
-        )
+        try:
+            reply = await self._call(
+                "reserve", names, reservation_id, tokens, usd_nanos, ttl_ms, *limits
+            )
+        except LedgerUnavailable as error:
+            error.unconfirmed = Reservation(
+                id=reservation_id,
+                scopes=names,
+                tokens=tokens,
+                usd_nanos=usd_nanos,
+                expires_at=time.time() + ttl_ms / 1000,
+            )
+            raise
         if reply[0] == 1:
             return Reservation(
                 id=reservation_id,
@@ -412,7 +430,9 @@ class BudgetLedger:
     async def _guard(call: Callable[[], Awaitable[T]]) -> T:
         try:
             return await call()
-        except (redis.exceptions.RedisError, OSError) as error:
+        except (redis.exceptions.RedisError, OSError, RuntimeError, AttributeError) as error:
+            # RuntimeError/AttributeError: redis-py's async cluster client, when a connection is
+            # torn down under a command ("the handler is closed", a transport already None).
             raise LedgerUnavailable(f"budget ledger in Redis unavailable: {error}") from error
 
     @staticmethod

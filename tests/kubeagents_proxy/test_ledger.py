@@ -715,8 +715,16 @@ def test_redis_down_raises_ledger_unavailable(tmp_path: Path) -> None:
         with pytest.raises(LedgerUnavailable) as error:
             await ledger.ping()
         assert isinstance(error.value.__cause__, redis.exceptions.ConnectionError)
-        with pytest.raises(LedgerUnavailable):
+        with pytest.raises(LedgerUnavailable) as refused:
             await ledger.reserve([AGENT], tokens=10, usd_nanos=1, ttl_seconds=30)
+        # The reservation that may have been recorded is handed back, to be released.
+        unconfirmed = refused.value.unconfirmed
+        assert unconfirmed is not None
+        assert (unconfirmed.tokens, unconfirmed.usd_nanos, unconfirmed.scopes) == (
+            10,
+            1,
+            ("agent",),
+        )
         with pytest.raises(LedgerUnavailable):
             await ledger.settle(reservation, tokens=10, usd_nanos=1)
         with pytest.raises(LedgerUnavailable):
