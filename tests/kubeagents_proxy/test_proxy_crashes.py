@@ -50,9 +50,16 @@ def test_kill_9_mid_call_turns_the_reservation_into_a_charge_when_it_expires(
     results: list[int] = []
     caller = threading.Thread(target=call, args=(victim, results))
     caller.start()
-    wait_for(fake_anthropic.requests, timeout=10, what="the call to reach the upstream")
-    reserved = agent_tokens(observer)["reserved"]
-    assert reserved > 200
+    wait_for(
+        lambda: any(r.path == "/v1/messages" for r in fake_anthropic.requests()),
+        timeout=10,
+        what="the call to reach the upstream",
+    )
+    reserved: int = wait_for(
+        lambda: (tokens := agent_tokens(observer))["reserved"] > 200 and tokens["reserved"],
+        timeout=5,
+        what=f"the call's reservation (upstream saw {fake_anthropic.requests()})",
+    )
 
     victim.kill()  # SIGKILL: no settlement can run
     caller.join()

@@ -213,7 +213,11 @@ def test_pod_concurrency_cap_waits_then_refuses(
         target=post, args=(proxy, {"model": MODEL, "max_tokens": 10, "messages": HELLO})
     )
     slow.start()
-    wait_for(lambda: fake_anthropic.requests(), timeout=10, what="the slow call upstream")
+    wait_for(
+        lambda: fake_anthropic.script()["queued"] == [],  # the slow reply was taken
+        timeout=10,
+        what=f"the slow call upstream (upstream saw {fake_anthropic.requests()})",
+    )
     status, kind, message = error_of(
         post(proxy, {"model": MODEL, "max_tokens": 10, "messages": HELLO})
     )
@@ -299,7 +303,11 @@ def test_agent_concurrency_cap_holds_across_replicas(
         target=post, args=(first, {"model": MODEL, "max_tokens": 10, "messages": HELLO})
     )
     slow.start()
-    wait_for(lambda: fake_anthropic.requests(), timeout=10, what="the slow call upstream")
+    wait_for(
+        lambda: fake_anthropic.script()["queued"] == [],  # the slow reply was taken
+        timeout=10,
+        what=f"the slow call upstream (upstream saw {fake_anthropic.requests()})",
+    )
     refused = post(second, {"model": MODEL, "max_tokens": 10, "messages": HELLO})
     slow.join()
     status, kind, message = error_of(refused)
