@@ -51,6 +51,21 @@ def settled(proxy: ProxyProcess) -> dict[str, Any]:
     )
 
 
+def start_slow_call(proxy: ProxyProcess, fake: FakeAnthropicControl) -> threading.Thread:
+    """A call that holds its slot for 6 s; returns once the upstream is working on it."""
+    fake.enqueue(Reply.with_text("slow", latency_ms=6000))
+    slow = threading.Thread(
+        target=post, args=(proxy, {"model": MODEL, "max_tokens": 10, "messages": HELLO})
+    )
+    slow.start()
+    wait_for(
+        lambda: fake.script()["queued"] == [],  # the slow reply was taken
+        timeout=10,
+        what=f"the slow call upstream (upstream saw {fake.requests()})",
+    )
+    return slow
+
+
 def test_a_model_off_the_allow_list_is_refused_with_403(start_proxies: StartProxy) -> None:
     proxy = start_proxies()
     with pytest.raises(anthropic.PermissionDeniedError) as refused:
@@ -208,16 +223,7 @@ def test_pod_concurrency_cap_waits_then_refuses(
     start_proxies: StartProxy, fake_anthropic: FakeAnthropicControl
 ) -> None:
     proxy = start_proxies(max_concurrent_calls=1, concurrency_wait_seconds=0.2)
-    fake_anthropic.enqueue(Reply.with_text("slow", latency_ms=6000))
-    slow = threading.Thread(
-        target=post, args=(proxy, {"model": MODEL, "max_tokens": 10, "messages": HELLO})
-    )
-    slow.start()
-    wait_for(
-        lambda: fake_anthropic.script()["queued"] == [],  # the slow reply was taken
-        timeout=10,
-        what=f"the slow call upstream (upstream saw {fake_anthropic.requests()})",
-    )
+    slow = start_slow_call(proxy, fake_anthropic)
     status, kind, message = error_of(
         post(proxy, {"model": MODEL, "max_tokens": 10, "messages": HELLO})
     )
@@ -298,16 +304,7 @@ def test_agent_concurrency_cap_holds_across_replicas(
         "concurrency_wait_seconds": 0.2,
     }
     first, second = start_proxies("replica-a", **settings), start_proxies("replica-b", **settings)
-    fake_anthropic.enqueue(Reply.with_text("slow", latency_ms=6000))
-    slow = threading.Thread(
-        target=post, args=(first, {"model": MODEL, "max_tokens": 10, "messages": HELLO})
-    )
-    slow.start()
-    wait_for(
-        lambda: fake_anthropic.script()["queued"] == [],  # the slow reply was taken
-        timeout=10,
-        what=f"the slow call upstream (upstream saw {fake_anthropic.requests()})",
-    )
+    slow = start_slow_call(first, fake_anthropic)
     refused = post(second, {"model": MODEL, "max_tokens": 10, "messages": HELLO})
     slow.join()
     status, kind, message = error_of(refused)
