@@ -96,6 +96,7 @@ class CallPlan:
     max_tokens: int
     run_scope: Scope | None
     probe: bool
+    counted: bool  # the input bound comes from count_tokens (tight), not from the body's bytes
     span: trace.Span | None = None
 
 
@@ -221,7 +222,8 @@ class Proxy:
             raise InvalidRequest("stream: must be a boolean")
         run_header = request.headers.get(RUN_BUDGET_HEADER)
         run_scope = parse_run_budget(run_header) if run_header else None
-        if needs_count_tokens(body):
+        counted = needs_count_tokens(body)
+        if counted:
             bound = await self._count_tokens_bound(request, body)
         else:
             bound = byte_bound(raw, body)
@@ -235,11 +237,10 @@ class Proxy:
             max_tokens=max_tokens,
             run_scope=run_scope,
             probe=request.headers.get(PROBE_CALL_HEADER) is not None,
+            counted=counted,
         )
-        cap = self.settings.max_tokens_per_call
-        if plan.input_bound + plan.max_tokens > cap and not needs_count_tokens(body):
-            # The byte bound is loose; tighten it before refusing a legitimate call.
-            plan.input_bound = min(plan.input_bound, await self._count_tokens_bound(request, body))
+        if plan.input_bound + plan.max_tokens > self.settings.max_tokens_per_call:
+            await self._tighten_bound(request, plan)
         self._apply_cap(plan)
         return plan
 
@@ -345,15 +346,21 @@ class Proxy:
         try:
             return await self.accountant.reserve(scopes, tokens=tokens, usd_nanos=usd)
         except ProxyRefusal:
-            if needs_count_tokens(plan.body) or not scopes:
+            if plan.counted or not scopes or not await self._tighten_bound(request, plan):
                 raise
-            # Refused on the loose byte bound: tighten it with count_tokens and try once more.
-            tightened = await self._count_tokens_bound(request, plan.body)
-            if tightened >= plan.input_bound:
-                raise
-            plan.input_bound = tightened
-            tokens, usd = self._worst_case(plan)
+            tokens, usd = self._worst_case(plan)  # refused on the loose bound: try once more
             return await self.accountant.reserve(scopes, tokens=tokens, usd_nanos=usd)
+
+    async def _tighten_bound(self, request: web.Request, plan: CallPlan) -> bool:
+        """Replace a loose byte bound by the `count_tokens` one; whether that lowered it."""
+        if plan.counted:
+            return False
+        tightened = await self._count_tokens_bound(request, plan.body)
+        plan.counted = True
+        if tightened >= plan.input_bound:
+            return False
+        plan.input_bound = tightened
+        return True
 
     def _worst_case(self, plan: CallPlan) -> tuple[int, int]:
         tokens = plan.input_bound + plan.max_tokens
