@@ -19,6 +19,9 @@ BOOTSTRAP_PYTHON ?= python3
 export UV_CACHE_DIR := $(CACHE)/uv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
+# Byte-compile site-packages at install: every process the tests start (proxies, the fake)
+# then imports from .pyc instead of compiling ~1,400 modules on each start.
+export UV_COMPILE_BYTECODE := 1
 export PATH := $(CURDIR)/$(TOOLS_BIN):$(PATH)
 
 CLUSTER_DIR ?= .tools/cluster
