@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import secrets
+import sys
 import time
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
@@ -483,15 +484,35 @@ class Proxy:
         started: float,
         sent_at: float,
     ) -> None:
-        """Settle and record a call. `usage=None`: unknown, so the whole reservation is charged."""
+        """Settle and record a call. `usage=None`: unknown, so the whole reservation is charged.
+
+        The settlement runs as its own task; metrics and the log line are recorded on the
+        loop's next turn, after the answer has been written, so neither delays the caller."""
         if usage is None:
             tokens, usd = charge.tokens, charge.usd_nanos
         else:
             tokens, usd = usage.total_tokens, self._cost(plan, usage)
         self.accountant.settle(charge, tokens=tokens, usd_nanos=usd)
+        if plan.span is not None:
+            _describe_call(plan.span, usage, outcome)
+        upstream_seconds = time.monotonic() - sent_at
+        asyncio.get_running_loop().call_soon(
+            self._record_call, plan, usage, outcome, started, upstream_seconds, tokens, usd
+        )
+
+    def _record_call(
+        self,
+        plan: CallPlan,
+        usage: Usage | None,
+        outcome: str,
+        started: float,
+        upstream_seconds: float,
+        tokens: int,
+        usd: int,
+    ) -> None:
         metrics = self.metrics
         metrics.requests.labels(plan.model, outcome).inc()
-        metrics.upstream_latency.labels(plan.model).observe(time.monotonic() - sent_at)
+        metrics.upstream_latency.labels(plan.model).observe(upstream_seconds)
         if usage is not None:
             for kind, count in (
                 ("input", usage.input_tokens),
@@ -505,8 +526,6 @@ class Proxy:
             metrics.cost.labels(plan.model).inc(usd / 1e9)
         if plan.probe:
             metrics.probe_calls.labels(outcome).inc()
-        if plan.span is not None:
-            _describe_call(plan.span, usage, outcome)
         self._log_call(plan.model, outcome, started, tokens=tokens, usd_nanos=usd, probe=plan.probe)
 
     def _log_call(
@@ -520,6 +539,9 @@ class Proxy:
         usd_nanos: int = 0,
         probe: bool = False,
     ) -> None:
+        """One JSON line per call on stderr, written directly: the logging module's records
+        and handlers cost more than the line itself on this path. Silenced with the
+        `kubeagents.proxy` logger's level above INFO."""
         if not log.isEnabledFor(logging.INFO):
             return
         record: dict[str, Any] = {
@@ -536,7 +558,7 @@ class Proxy:
             record["status"] = refusal.status
             record["reason"] = refusal_label(refusal)
             record["message"] = refusal.message
-        log.info(json.dumps(record))
+        sys.stderr.write(json.dumps(record) + "\n")
 
     # --- pass-through endpoints -------------------------------------------------------------
 

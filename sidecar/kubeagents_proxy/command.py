@@ -7,28 +7,31 @@ import contextlib
 import logging
 import signal
 import sys
-from typing import Any
 
 from aiohttp import web
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 
 from kubeagents.telemetry import build_tracer, tracing_requested
 from kubeagents_proxy.app import ProxyDeps, create_proxy
+from kubeagents_proxy.guards import agent_key
 from kubeagents_proxy.metrics import ProxyMetrics
+from kubeagents_proxy.redis_link import RedisLink
 from kubeagents_proxy.settings import ProxySettings
 from kubeagents_proxy.upstream import Upstream
 
 SHUTDOWN_GRACE_SECONDS = 10.0
 
 
-def redis_client(settings: ProxySettings) -> Any | None:
+def redis_client(settings: ProxySettings) -> RedisLink | None:
+    """One pipelined connection to the node that holds the agent's keys (see redis_link)."""
     if settings.redis_url is None:
         return None
-    options: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0}
-    if settings.redis_cluster:
-        return RedisCluster.from_url(settings.redis_url, **options)
-    return Redis.from_url(settings.redis_url, health_check_interval=10, **options)
+    return RedisLink(
+        settings.redis_url,
+        cluster=settings.redis_cluster,
+        slot_key=agent_key(settings.namespace, settings.agent, "ledger"),
+        connect_timeout=2.0,
+        command_timeout=5.0,
+    )
 
 
 async def serve(settings: ProxySettings) -> int:

@@ -89,6 +89,8 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.exceptions
 
+from kubeagents_proxy.redis_link import RedisLink
+
 T = TypeVar("T")
 
 MAX_AMOUNT = 2**53 - 1
@@ -282,7 +284,8 @@ def _kind_state(limit: int | None, used: int, reserved: int, until_free: int) ->
 
 # --- the ledger ------------------------------------------------------------------------------
 
-RedisClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+RedisClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster | RedisLink
+KEY_CACHE_SIZE = 1024
 
 
 class BudgetLedger:
@@ -318,12 +321,19 @@ class BudgetLedger:
         self.bucket_seconds = bucket_seconds
         self.prefix = f"kubeagents:{{{namespace}/{agent}}}:"
         self._script = redis.register_script(LEDGER_LUA)
+        self._keys: dict[str, list[str]] = {}
 
     def keys(self, scope: str) -> list[str]:
         """Every Redis key of `scope` (see the key layout at the top of this module)."""
-        if not isinstance(scope, str) or not _SCOPE_NAME.fullmatch(scope):
-            raise ValueError(f"scope must match [A-Za-z0-9:._/-]{{1,200}}, not {scope!r}")
-        return [f"{self.prefix}{scope}:{suffix}" for suffix in SCOPE_SUFFIXES]
+        keys = self._keys.get(scope)
+        if keys is None:
+            if not isinstance(scope, str) or not _SCOPE_NAME.fullmatch(scope):
+                raise ValueError(f"scope must match [A-Za-z0-9:._/-]{{1,200}}, not {scope!r}")
+            keys = [f"{self.prefix}{scope}:{suffix}" for suffix in SCOPE_SUFFIXES]
+            if len(self._keys) >= KEY_CACHE_SIZE:  # run scopes come and go: start over
+                self._keys.clear()
+            self._keys[scope] = keys
+        return keys
 
     async def reserve(
         self, scopes: Sequence[Scope], *, tokens: int, usd_nanos: int, ttl_seconds: float

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kubeagents_proxy.prices import PriceOverride
+from kubeagents_proxy.redis_link import Endpoint
 
 RUN_BUDGET_HEADER = "kubeagents-run-budget"
 PROBE_CALL_HEADER = "kubeagents-probe"
@@ -142,6 +143,13 @@ class ProxySettings(BaseSettings):
             raise ValueError(f"{url!r} is not an http(s) URL")
         return url.rstrip("/")
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            Endpoint.from_url(url)  # ValueError names what is wrong
+        return url
+
     @model_validator(mode="after")
     def _consistent(self) -> ProxySettings:
         if self.api_key is None and self.api_key_file is None:
@@ -158,6 +166,8 @@ class ProxySettings(BaseSettings):
         ]
         if needs_redis and not self.redis_url:
             raise ValueError(f"redis_url is required by {', '.join(needs_redis)}")
+        if self.redis_cluster and self.redis_url and Endpoint.from_url(self.redis_url).db:
+            raise ValueError("redis_url: a Redis Cluster has no databases; drop the /<db> part")
         return self
 
     def read_api_key(self) -> str:

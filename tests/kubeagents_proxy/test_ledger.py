@@ -56,7 +56,8 @@ def dump_all(client: redis.Redis) -> dict[Any, tuple[Any, Any, int]]:
 async def newest_bucket(ledger: BudgetLedger, scope: str = "agent") -> int:
     """The start (unix s) of the newest bucket holding spend of `scope`."""
     starts_key = ledger.keys(scope)[2]
-    starts = cast(list[bytes], await ledger.redis.zrange(starts_key, 0, -1))
+    client = cast(redis.asyncio.Redis, ledger.redis)
+    starts = cast(list[bytes], await client.zrange(starts_key, 0, -1))
     return max(int(start) for start in starts)
 
 
