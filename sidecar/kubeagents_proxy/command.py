@@ -10,11 +10,11 @@ import sys
 
 from aiohttp import web
 
+from kubeagents.redis_link import RedisLink
 from kubeagents.telemetry import build_tracer, tracing_requested
 from kubeagents_proxy.app import ProxyDeps, create_proxy
 from kubeagents_proxy.guards import agent_key
 from kubeagents_proxy.metrics import ProxyMetrics
-from kubeagents_proxy.redis_link import RedisLink
 from kubeagents_proxy.settings import ProxySettings
 from kubeagents_proxy.upstream import Upstream
 

@@ -89,7 +89,7 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.exceptions
 
-from kubeagents_proxy.redis_link import RedisLink
+from kubeagents.redis_link import RedisLink
 
 T = TypeVar("T")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kubeagents.redis_link import Endpoint
 from kubeagents_proxy.prices import PriceOverride
-from kubeagents_proxy.redis_link import Endpoint
 
 RUN_BUDGET_HEADER = "kubeagents-run-budget"
 PROBE_CALL_HEADER = "kubeagents-probe"

@@ -1,15 +1,16 @@
-"""`RedisLink`: the proxy's lean Redis client: one pipelined connection to the one node that
-holds every key of the agent.
+"""`RedisLink`: the lean Redis client of the pod's processes: one pipelined connection to the
+one node that holds every key of the agent.
 
-Every key the proxy touches carries the agent's hash tag `{<namespace>/<agent>}`, so on Redis
-Cluster they all live in one slot, on one node. The proxy needs neither a connection pool nor a
-cluster router: one connection with commands pipelined on it (Redis answers in order) and
-hiredis parsing the replies. This is several times cheaper per command than redis-py's asyncio
-client, which takes a pooled connection, a lock and a health check for every command (the
-figures are in docs/benchmarks.md); the ledger spends two scripts on every call.
+Every key of an agent carries its hash tag `{<namespace>/<agent>}` (docs/architecture.md), so on
+Redis Cluster they all live in one slot, on one node. A process of the pod needs neither a
+connection pool nor a cluster router: one connection with commands pipelined on it (Redis
+answers in order) and hiredis parsing the replies. This is several times cheaper per command
+than redis-py's asyncio client, which takes a pooled connection, a lock and a health check for
+every command (the figures are in docs/benchmarks.md); the proxy's ledger spends two scripts on
+every call.
 
-It offers the part of redis-py's asyncio interface the proxy uses (`register_script`, `ping`,
-`zrem`, `execute`, `aclose`), so `BudgetLedger` and the guards take either client. Errors are
+It offers the part of redis-py's asyncio interface the proxy's ledger and guards use
+(`register_script`, `ping`, `zrem`, `execute`, `aclose`), so they take either client. Errors are
 redis-py's exception classes, so callers keep catching `redis.exceptions.RedisError`:
 
 - `ConnectionError`: cannot connect, the connection broke, or a reply took longer than

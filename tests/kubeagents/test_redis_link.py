@@ -14,7 +14,7 @@ import redis.exceptions
 
 from harness.processes import wait_for
 from harness.redis_servers import RedisClusterNodes, start_redis
-from kubeagents_proxy.redis_link import Endpoint, RedisLink, encode_command
+from kubeagents.redis_link import Endpoint, RedisLink, encode_command
 
 T = TypeVar("T")
 
