@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings
 
 from kubeagents import __version__
 from kubeagents.fake_anthropic.settings import FakeAnthropicSettings
+from kubeagents_probe.settings import ProbeSettings
 from kubeagents_proxy.settings import ProxySettings
 
 
@@ -51,6 +52,13 @@ COMMANDS: tuple[Command, ...] = (
         "concurrency caps, timeouts and rolling 24h token and dollar budgets.",
         settings=ProxySettings,
         entry_point="kubeagents_proxy.command:serve_proxy",
+    ),
+    Command(
+        name="probe",
+        summary="The semantic-probe sidecar: asks the model a validator question through the "
+        "proxy (once per interval per agent) and checks the path; answers /readyz.",
+        settings=ProbeSettings,
+        entry_point="kubeagents_probe.command:serve_probe",
     ),
     Command(
         name="fake-anthropic",
@@ -123,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings_from_args(command.settings, args)
     except ValidationError as error:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"]
+            for e in error.errors()
         )
         parser.exit(2, f"kubeagents {command.name}: invalid configuration: {problems}\n")
     return command.run(settings)

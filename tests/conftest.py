@@ -5,6 +5,7 @@
 - `redis_cluster`: a real 3-node Redis Cluster, flushed before each test that asks for it.
 - `helm`, `kubectl`: the real binaries from the tools folder.
 - `fake_anthropic`: the fake Anthropic Messages API as a separate process, reset per test.
+- `start_proxies`: start `kubeagents proxy` processes in front of the fake (stopped after the test).
 - `cluster`: a real Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler,
   kwok nodes) for the session; `namespace`: a fresh namespace in it per test.
 
@@ -20,7 +21,7 @@ import secrets
 import sys
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -28,6 +29,7 @@ import redis
 from harness.binaries import tool
 from harness.controlplane import ControlPlane, start_control_plane
 from harness.processes import HarnessError, ManagedProcess
+from harness.proxy import ProxyProcess, StartProxy, start_proxy
 from harness.redis_servers import (
     RedisClusterNodes,
     RedisServer,
@@ -175,3 +177,34 @@ def fake_anthropic(fake_anthropic_server: FakeAnthropicControl) -> FakeAnthropic
     """The fake Anthropic API (a separate process), with its script and records reset."""
     fake_anthropic_server.reset()
     return fake_anthropic_server
+
+
+# --- pod processes ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def start_proxies(
+    tmp_path_factory: pytest.TempPathFactory, fake_anthropic: FakeAnthropicControl
+) -> Iterator[StartProxy]:
+    """Start proxies (`start(**settings)`) in front of the fake; all stopped after the test."""
+    started: list[ProxyProcess] = []
+
+    def start(
+        name: str = "proxy", extra_env: dict[str, str] | None = None, **settings: Any
+    ) -> ProxyProcess:
+        try:
+            proxy = start_proxy(
+                tmp_path_factory.mktemp(name),
+                upstream_url=fake_anthropic.base_url,
+                settings=settings,
+                name=name,
+                extra_env=extra_env,
+            )
+        except HarnessError as error:
+            pytest.fail(f"the proxy did not start: {error}", pytrace=False)
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()

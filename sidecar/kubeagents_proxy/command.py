@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import signal
-import sys
 
 from aiohttp import web
 
+from kubeagents.agent import agent_key
+from kubeagents.process import announce, run, stop_on_signals
 from kubeagents.redis_link import RedisLink
 from kubeagents.telemetry import build_tracer, tracing_requested
 from kubeagents_proxy.app import ProxyDeps, create_proxy
-from kubeagents_proxy.guards import agent_key
 from kubeagents_proxy.metrics import ProxyMetrics
 from kubeagents_proxy.settings import ProxySettings
 from kubeagents_proxy.upstream import Upstream
@@ -49,10 +47,7 @@ async def serve(settings: ProxySettings) -> int:
     deps = ProxyDeps(upstream=upstream, redis=redis, metrics=ProxyMetrics(), tracer=tracer)
     apps = create_proxy(settings, deps)
     runners = [web.AppRunner(apps.api, access_log=None), web.AppRunner(apps.admin, access_log=None)]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     try:
         for runner in runners:
             await runner.setup()
@@ -62,11 +57,10 @@ async def serve(settings: ProxySettings) -> int:
         await admin_site.start()
         api_port = runners[0].addresses[0][1]
         admin_port = runners[1].addresses[0][1]
-        sys.stdout.write(
+        announce(
             f"kubeagents proxy for agent {settings.agent} listening on "
-            f"http://{settings.host}:{api_port} (metrics on port {admin_port})\n"
+            f"http://{settings.host}:{api_port} (metrics on port {admin_port})"
         )
-        sys.stdout.flush()
         await stop.wait()
     finally:
         await runners[0].cleanup()  # stops taking calls, lets running ones finish
@@ -82,11 +76,4 @@ async def serve(settings: ProxySettings) -> int:
 
 def serve_proxy(settings: ProxySettings) -> int:
     """Serve until SIGTERM; JSON log lines (one per call) go to stderr."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    loop_factory = None
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(serve(settings))
+    return run(serve(settings))

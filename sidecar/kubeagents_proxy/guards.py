@@ -23,6 +23,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from kubeagents.agent import agent_key
 from kubeagents_proxy.errors import LedgerDown, RateLimited
 
 AGENT_POLL_SECONDS = 0.05
@@ -39,10 +40,6 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 2)
 return {1, 0}
 """
-
-
-def agent_key(namespace: str, agent: str, name: str) -> str:
-    return f"kubeagents:{{{namespace}/{agent}}}:{name}"
 
 
 class PodConcurrency:

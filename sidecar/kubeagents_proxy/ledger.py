@@ -89,6 +89,7 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.exceptions
 
+from kubeagents.agent import agent_key
 from kubeagents.redis_link import RedisLink
 
 T = TypeVar("T")
@@ -319,7 +320,7 @@ class BudgetLedger:
         self.agent = agent
         self.window_seconds = window_seconds
         self.bucket_seconds = bucket_seconds
-        self.prefix = f"kubeagents:{{{namespace}/{agent}}}:"
+        self.prefix = agent_key(namespace, agent, "")
         self._script = redis.register_script(LEDGER_LUA)
         self._keys: dict[str, list[str]] = {}
 

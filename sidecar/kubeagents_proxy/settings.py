@@ -11,8 +11,9 @@ from enum import StrEnum
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from kubeagents.agent import AgentSettings, HttpBaseUrl, RedisUrl
 from kubeagents.redis_link import Endpoint
 from kubeagents_proxy.prices import PriceOverride
 
@@ -25,20 +26,11 @@ class MaxTokensPolicy(StrEnum):
     CLAMP = "clamp"
 
 
-class ProxySettings(BaseSettings):
+class ProxySettings(AgentSettings):
     """Configuration of the LLM proxy sidecar."""
 
     model_config = SettingsConfigDict(env_prefix="KUBEAGENTS_PROXY_", extra="forbid")
 
-    agent: str = Field(
-        pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
-        description="The agent's name (its Helm release); names its budget in Redis.",
-    )
-    namespace: str = Field(
-        default="default",
-        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
-        description="The agent's Kubernetes namespace; with the name it identifies the budget.",
-    )
     host: str = Field(
         default="127.0.0.1",
         description="Address of the Anthropic-compatible API; must be a loopback address so only "
@@ -50,7 +42,7 @@ class ProxySettings(BaseSettings):
         description="Address of /metrics, /livez, /readyz and /kubeagents/budget.",
     )
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="Port of the metrics.")
-    upstream_url: str = Field(
+    upstream_url: HttpBaseUrl = Field(
         default="https://api.anthropic.com", description="Base URL of the Anthropic API."
     )
     api_key: SecretStr | None = Field(
@@ -105,7 +97,7 @@ class ProxySettings(BaseSettings):
         default=False,
         description="Let calls through unmetered while Redis is unreachable (default: 503).",
     )
-    redis_url: str | None = Field(
+    redis_url: RedisUrl | None = Field(
         default=None,
         description="Redis for budgets, per-agent concurrency and rates; required by those.",
     )
@@ -135,20 +127,6 @@ class ProxySettings(BaseSettings):
         if not loopback:
             raise ValueError(f"{host} is not a loopback address; the API must stay in the pod")
         return host
-
-    @field_validator("upstream_url")
-    @classmethod
-    def _http_url(cls, url: str) -> str:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"{url!r} is not an http(s) URL")
-        return url.rstrip("/")
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_url(cls, url: str | None) -> str | None:
-        if url is not None:
-            Endpoint.from_url(url)  # ValueError names what is wrong
-        return url
 
     @model_validator(mode="after")
     def _consistent(self) -> ProxySettings:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -19,6 +20,17 @@ T = TypeVar("T")
 
 class HarnessError(RuntimeError):
     """A real part of the test harness could not be started or did not become ready."""
+
+
+def settings_env(prefix: str, values: Mapping[str, object]) -> dict[str, str]:
+    """This process's environment without `prefix`/`OTEL_` variables, plus `values` as a
+    `kubeagents` subcommand reads them: `<prefix><FIELD>`, lists and maps as JSON, None left out."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith((prefix, "OTEL_"))}
+    for field, value in values.items():
+        if value is not None:
+            text = value if isinstance(value, str) else json.dumps(value)
+            env[f"{prefix}{field.upper()}"] = text
+    return env
 
 
 def wait_for(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -12,7 +10,7 @@ from typing import Any
 
 import anthropic
 
-from harness.processes import ManagedProcess
+from harness.processes import ManagedProcess, settings_env
 
 KUBEAGENTS = Path(sys.executable).parent / "kubeagents"
 TEST_API_KEY = "sk-ant-test-real-key"
@@ -48,8 +46,6 @@ def start_proxy(
     workdir.mkdir(parents=True, exist_ok=True)
     key_file = workdir / "api-key"
     key_file.write_text(TEST_API_KEY + "\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBEAGENTS_PROXY_", "OTEL_"))}
-    env.update(extra_env or {})
     values: dict[str, Any] = {
         "agent": "research",
         "namespace": "tests",
@@ -61,11 +57,8 @@ def start_proxy(
         "allowed_models": ["claude-sonnet-5-5", "claude-haiku-4-5"],
         **settings,
     }
-    for field, value in values.items():
-        if value is None:
-            continue
-        text = value if isinstance(value, str) else json.dumps(value)
-        env[f"KUBEAGENTS_PROXY_{field.upper()}"] = text
+    env = settings_env("KUBEAGENTS_PROXY_", values)
+    env.update(extra_env or {})
     process = ManagedProcess(name, [str(KUBEAGENTS), "proxy"], workdir / f"{name}.log", env=env)
     match = process.wait_for_log(r"listening on (http://\S+) \(metrics on port (\d+)\)", timeout=30)
     return ProxyProcess(process, match.group(1), f"http://127.0.0.1:{match.group(2)}")

@@ -13,6 +13,8 @@ import redis.asyncio.cluster
 
 from harness.processes import poll
 from harness.redis_servers import RedisClusterNodes
+from kubeagents.agent import agent_key
+from kubeagents.redis_link import RedisLink
 from kubeagents_proxy.ledger import (
     BudgetExceeded,
     BudgetLedger,
@@ -131,13 +133,21 @@ def test_cluster_concurrent_reserve_and_settle_never_overshoot_for_two_agents_on
     rng = random.Random(7)  # noqa: S311 - request sizes, not secrets
 
     async def main() -> None:
-        clients = [
-            redis.asyncio.cluster.RedisCluster(host="127.0.0.1", port=port)
-            for port in redis_cluster.ports
-        ]
+        # what the proxies use: one RedisLink per proxy, each seeded with another node
+        links = {
+            agent: [
+                RedisLink(
+                    f"redis://127.0.0.1:{port}",
+                    cluster=True,
+                    slot_key=agent_key("ns", agent, "ledger"),
+                )
+                for port in redis_cluster.ports
+            ]
+            for agent in agents
+        }
         try:
             ledgers = {
-                agent: [BudgetLedger(c, namespace="ns", agent=agent) for c in clients]
+                agent: [BudgetLedger(link, namespace="ns", agent=agent) for link in links[agent]]
                 for agent in agents
             }
             settled: dict[str, list[tuple[int, int]]] = {agent: [] for agent in agents}
@@ -178,7 +188,8 @@ def test_cluster_concurrent_reserve_and_settle_never_overshoot_for_two_agents_on
                         charged_usd,
                     )
         finally:
-            for client in clients:
-                await client.aclose()
+            for agent_links in links.values():
+                for link in agent_links:
+                    await link.aclose()
 
     asyncio.run(main())
