@@ -27,7 +27,7 @@ export PATH := $(CURDIR)/$(TOOLS_BIN):$(PATH)
 CLUSTER_DIR ?= .tools/cluster
 
 .PHONY: help test lint typecheck pytest venv tools redis-server controlplane run lock clean \
-	cluster-up cluster-down bench-proxy
+	cluster-up cluster-down bench-proxy bench-probe
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ run: venv ## Run the local fake Anthropic API on 127.0.0.1:8787 (local mode's up
 bench-proxy: venv redis-server ## Benchmark the proxy: overhead, req/s, stream TTFB, RSS, vs LiteLLM (BENCH_ARGS=--skip-litellm)
 	command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(VENV)/bin/python tests/benchmarks/bench_proxy.py $(BENCH_ARGS)
+
+bench-probe: venv redis-server ## Benchmark the probe: idle RSS, cost of /readyz polling
+	$(VENV)/bin/python tests/benchmarks/bench_probe.py
 
 $(UV):
 	@echo "bootstrapping uv $(UV_VERSION) into $(BOOTSTRAP)"

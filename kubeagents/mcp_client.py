@@ -1,8 +1,13 @@
 """A client for the MCP servers an agent is configured with: list their tools, call them.
 
-This is the one place the project talks MCP (the `mcp` SDK, 2.x). The probe sidecar uses
-`list_tools` as a health check; the agent runtime's tool-use loop uses `open_session` and
-`McpSession.call_tool`.
+This is the one place the project talks MCP. The agent runtime's tool-use loop uses
+`open_session` and `McpSession.call_tool`, and `list_tools` lists a server's tools, all with the
+`mcp` SDK (2.x). The probe sidecar's health check is `check_tools`, which counts the tools without
+the SDK: importing `mcp` loads its client, its server and every protocol revision's types (some
+30 MB of RSS, which would take the probe past its 80 MB promise), so over streamable HTTP
+`check_tools` speaks the few messages it needs itself (initialize, notifications/initialized,
+tools/list, and DELETE of the session) with aiohttp, which the probe already loads. A stdio
+check still goes through `list_tools`, and so loads the SDK.
 
 Configuration (one `McpServer` per server; camelCase keys are accepted, as in Helm values)::
 
@@ -19,10 +24,11 @@ Configuration (one `McpServer` per server; camelCase keys are accepted, as in He
 
 Error contract:
 
-- A server that cannot be used raises `McpUnavailable`, never a raw httpx/anyio exception or
-  exception group. Its `reason` is short and machine-readable: `unreachable` (connection refused,
-  DNS failure, stdio command cannot start), `timeout`, `http_<status>` (the server answered an
-  MCP request with that HTTP status, e.g. `http_401`), `disconnected` (the connection or the stdio
+- A server that cannot be used raises `McpUnavailable` (from `list_tools`, `open_session`,
+  `call_tool` and `check_tools` alike), never a raw httpx/aiohttp/anyio exception or exception
+  group. Its `reason` is short and machine-readable: `unreachable` (connection refused, DNS
+  failure, stdio command cannot start), `timeout`, `http_<status>` (the server answered an MCP
+  request with that HTTP status, e.g. `http_401`), `disconnected` (the connection or the stdio
   process ended mid-session), `protocol_error` (an MCP error response or an answer that is not
   MCP), `header_file` (a header file is missing, unreadable or empty). `str(error)` is a
   one-line human message.
@@ -33,12 +39,14 @@ Error contract:
   server dies between calls) raises `McpUnavailable` out of the `async with` statement; an
   exception raised by the block itself comes out unchanged (not wrapped in a group).
 
-Importing this module does not import the `mcp` SDK (about a second and 50 MB); the first
-connection does.
+Importing this module does not import the `mcp` SDK (about a second and 30 MB), nor aiohttp;
+the first SDK connection does, and the first `check_tools` imports aiohttp.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -51,10 +59,14 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from kubeagents import __version__
+
 if TYPE_CHECKING:
+    import aiohttp
     import httpx2
     from mcp.client.client import Client
     from mcp_types import CallToolResult
+    from yarl import URL
 
 __all__ = [
     "McpServer",
@@ -62,6 +74,7 @@ __all__ = [
     "McpUnavailable",
     "ToolInfo",
     "ToolResult",
+    "check_tools",
     "list_tools",
     "open_session",
 ]
@@ -295,6 +308,26 @@ async def list_tools(server: McpServer) -> list[ToolInfo]:
     return tools
 
 
+async def check_tools(server: McpServer) -> int:
+    """How many tools `server` offers that its allow-list lets through: a light health check.
+
+    Over HTTP this speaks streamable HTTP itself, with aiohttp, and never imports the `mcp` SDK
+    (nor `mcp_types` or `httpx2`): POST `initialize` (offering protocol version 2025-06-18),
+    POST `notifications/initialized`, POST `tools/list` for every page (at most 100), then
+    DELETE the session if the server opened one (best effort). Answers may come as JSON or as
+    an event stream. Header files are read at every check. Proxies come from the environment
+    (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY), as for the SDK.
+
+    Over stdio this is `len(await list_tools(server))`, which does load the SDK.
+
+    The whole check is bounded by `server.timeout_seconds`. Raises `McpUnavailable`, with the
+    reasons `list_tools` uses. Needs an asyncio event loop (uvloop included).
+    """
+    if server.transport == "stdio":
+        return len(await list_tools(server))
+    return await _HttpCheck(server, _resolve_headers(server)).run()
+
+
 # --- internals -------------------------------------------------------------------------------
 
 
@@ -470,4 +503,351 @@ def _unavailable(server: McpServer, error: BaseException, status: _HttpStatus) -
         return McpUnavailable(name, "unreachable", f"{type(error).__name__}: {error}")
     if isinstance(error, ValidationError):
         return McpUnavailable(name, "protocol_error", f"invalid MCP message: {error}")
+    return McpUnavailable(name, "protocol_error", f"{type(error).__name__}: {error}")
+
+
+# --- check_tools over HTTP, without the SDK ----------------------------------------------------
+
+# Offered in `initialize`: a widely deployed revision that every handshake-era server
+# (SDK 1.10+ and 2.x, and other implementations) accepts.
+_CHECK_PROTOCOL_VERSION = "2025-06-18"
+# The revisions a server may answer with: those reachable by the initialize handshake (the SDK's
+# HANDSHAKE_PROTOCOL_VERSIONS), which all share the few messages the check sends.
+_HANDSHAKE_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
+_MAX_SSE_EVENT_BYTES = 1024 * 1024  # the SDK's own limit on one event
+_MAX_JSON_ANSWER_BYTES = 4 * 1024 * 1024  # keeps a runaway answer from bloating the probe
+_MAX_REDIRECTS = 20  # as httpx2, under the SDK
+_CHECK_HEADERS = ("accept", "content-type", "mcp-session-id", "mcp-protocol-version")
+_SSE_LINE = re.compile(rb"\r\n|\r|\n")
+
+
+class _HttpCheck:
+    """One `check_tools` run over streamable HTTP."""
+
+    def __init__(self, server: McpServer, headers: dict[str, str]) -> None:
+        assert server.url is not None  # validated
+        self.server = server
+        self.url = server.url
+        # The protocol's own headers win over configured ones, as in the SDK.
+        self.headers = {k: v for k, v in headers.items() if k.lower() not in _CHECK_HEADERS}
+        self.session_id: str | None = None
+        self.version: str | None = None
+        self.last_id = 0
+
+    async def run(self) -> int:
+        import asyncio
+
+        import aiohttp
+
+        deadline = asyncio.get_running_loop().time() + self.server.timeout_seconds
+        try:
+            # No aiohttp timeouts: the deadline bounds everything. No trust_env either: it
+            # would add ~/.netrc credentials (clashing with an Authorization header); proxies
+            # are looked up by `_send` instead.
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout()) as http:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        count = await self._exchange(http)
+                except Exception:
+                    await self._end_session(http, deadline)
+                    raise
+                await self._end_session(http, deadline)
+                return count
+        except McpUnavailable:
+            raise
+        except TimeoutError as error:
+            raise McpUnavailable(
+                self.server.name,
+                "timeout",
+                f"no tool list within {self.server.timeout_seconds:g}s",
+            ) from error
+        except Exception as error:  # every aiohttp failure becomes McpUnavailable
+            raise _check_failure(self.server, error) from error
+
+    async def _exchange(self, http: aiohttp.ClientSession) -> int:
+        info = {"name": "kubeagents-check", "version": __version__}
+        initialized = await self._request(
+            http,
+            "initialize",
+            {"protocolVersion": _CHECK_PROTOCOL_VERSION, "capabilities": {}, "clientInfo": info},
+        )
+        version = initialized.get("protocolVersion")
+        if version not in _HANDSHAKE_VERSIONS:
+            raise self._protocol_error(f"the server chose protocol version {version!r}")
+        self.version = str(version)
+        await self._notify(http, "notifications/initialized")
+        count = 0
+        cursor: str | None = None
+        for _ in range(_MAX_TOOL_PAGES):
+            page = await self._request(
+                http, "tools/list", None if cursor is None else {"cursor": cursor}
+            )
+            tools = page.get("tools")
+            if not isinstance(tools, list) or not all(_is_tool(tool) for tool in tools):
+                raise self._protocol_error("the tools/list answer is not a list of tools")
+            count += sum(1 for tool in tools if self.server.allows_tool(tool["name"]))
+            cursor = page.get("nextCursor")
+            if cursor is None:
+                break
+            if not isinstance(cursor, str):
+                raise self._protocol_error(
+                    "the tools/list answer has a nextCursor that is no string"
+                )
+        return count
+
+    async def _request(
+        self, http: aiohttp.ClientSession, method: str, params: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        self.last_id += 1
+        request_id = self.last_id
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        async with self._send(http, "POST", json.dumps(message).encode()) as response:
+            self._check_status(response, method)
+            if response.status == 202:
+                raise self._protocol_error(f"the server accepted {method} (202) without answering")
+            if method == "initialize":
+                self.session_id = response.headers.get("mcp-session-id") or None
+            kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+            if kind == "application/json":
+                answer = await self._json_answer(response, method)
+            elif kind == "text/event-stream":
+                answer = await self._sse_answer(response, request_id, method)
+            else:
+                raise self._protocol_error(
+                    f"the answer to {method} is {kind or 'untyped'}, not JSON or an event stream"
+                )
+        return self._result(answer, request_id, method)
+
+    async def _notify(self, http: aiohttp.ClientSession, method: str) -> None:
+        message = {"jsonrpc": "2.0", "method": method}
+        async with self._send(http, "POST", json.dumps(message).encode()) as response:
+            self._check_status(response, method)
+
+    async def _end_session(self, http: aiohttp.ClientSession, deadline: float) -> None:
+        """DELETE the session, if any, within what is left of the deadline; errors are ignored."""
+        import asyncio
+
+        if self.session_id is None or asyncio.get_running_loop().time() >= deadline:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout_at(deadline), self._send(http, "DELETE", None):
+                pass
+
+    @contextlib.asynccontextmanager
+    async def _send(
+        self, http: aiohttp.ClientSession, method: str, body: bytes | None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send one request; follow a 307/308 redirect that stays within the origin, as the SDK
+        does (a trailing-slash normalisation, say); any other redirect is the answer."""
+        from yarl import URL
+
+        headers = {
+            **self.headers,
+            "Accept": "application/json, text/event-stream",
+            "Content-Type": "application/json",
+        }
+        if self.session_id is not None:
+            headers["Mcp-Session-Id"] = self.session_id
+        if self.version is not None:
+            headers["Mcp-Protocol-Version"] = self.version
+        url = URL(self.url)
+        for redirects in range(_MAX_REDIRECTS + 1):
+            proxy, proxy_auth = _env_proxy(url)
+            response = await http.request(
+                method,
+                url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                proxy=proxy,
+                proxy_auth=proxy_auth,
+            )
+            target = _redirect_within_origin(url, response)
+            if target is None or redirects == _MAX_REDIRECTS:
+                break
+            response.release()
+            url = target
+        try:
+            yield response
+        finally:
+            response.release()
+
+    def _check_status(self, response: aiohttp.ClientResponse, method: str) -> None:
+        if not 200 <= response.status < 300:
+            raise McpUnavailable(
+                self.server.name,
+                f"http_{response.status}",
+                f"HTTP {response.status} {response.reason or ''} answering {method}".strip(),
+            )
+
+    async def _json_answer(self, response: aiohttp.ClientResponse, method: str) -> Any:
+        body = bytearray()
+        async for chunk in response.content.iter_any():
+            body += chunk
+            if len(body) > _MAX_JSON_ANSWER_BYTES:
+                raise self._protocol_error(
+                    f"the answer to {method} is larger than {_MAX_JSON_ANSWER_BYTES} bytes"
+                )
+        try:
+            return json.loads(body)
+        except ValueError as error:
+            raise self._protocol_error(f"the answer to {method} is not JSON: {error}") from error
+
+    async def _sse_answer(
+        self, response: aiohttp.ClientResponse, request_id: int, method: str
+    ) -> dict[str, Any]:
+        """The event carrying the answer to `request_id`; other messages (notifications,
+        requests from the server, priming events without data) are skipped."""
+        events = _SseDecoder(_MAX_SSE_EVENT_BYTES)
+        async for chunk in response.content.iter_any():
+            try:
+                messages = [json.loads(data) for data in events.feed(chunk) if data.strip()]
+            except ValueError as error:
+                raise self._protocol_error(f"bad event answering {method}: {error}") from error
+            for message in messages:
+                if (
+                    isinstance(message, dict)
+                    and "method" not in message
+                    and message.get("id") == request_id
+                ):
+                    return message
+        raise McpUnavailable(
+            self.server.name,
+            "disconnected",
+            f"the event stream ended before the answer to {method}",
+        )
+
+    def _result(self, answer: Any, request_id: int, method: str) -> dict[str, Any]:
+        if not isinstance(answer, dict) or answer.get("jsonrpc") != "2.0":
+            raise self._protocol_error(f"the answer to {method} is not a JSON-RPC 2.0 message")
+        error = answer.get("error")
+        if isinstance(error, dict) and answer.get("id") in (request_id, None):
+            raise self._protocol_error(
+                f"MCP error {error.get('code')}: {error.get('message')} (answering {method})"
+            )
+        result = answer.get("result")
+        if answer.get("id") != request_id or not isinstance(result, dict):
+            raise self._protocol_error(f"the answer to {method} is not its JSON-RPC result")
+        return result
+
+    def _protocol_error(self, detail: str) -> McpUnavailable:
+        return McpUnavailable(self.server.name, "protocol_error", detail)
+
+
+class _SseDecoder:
+    """Server-sent events (WHATWG HTML, "parsing an event stream"): feed bytes, get the data of
+    each complete `message` event. An event (or a line) above `limit` bytes is a ValueError."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._pending = b""
+        self._after_cr = False
+        self._data: list[bytes] = []
+        self._size = 0
+        self._event = b""
+
+    def feed(self, chunk: bytes) -> list[str]:
+        if self._after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]  # the LF of a CRLF split across chunks
+        if not chunk:
+            return []
+        buffer = self._pending + chunk
+        *lines, self._pending = _SSE_LINE.split(buffer)
+        self._after_cr = buffer.endswith(b"\r")
+        if len(self._pending) > self.limit:
+            raise ValueError(f"a line longer than {self.limit} bytes")
+        return [data for line in lines if (data := self._line(line)) is not None]
+
+    def _line(self, line: bytes) -> str | None:
+        if not line:  # a blank line ends the event
+            data, event = self._data, self._event
+            self._data, self._size, self._event = [], 0, b""
+            if data and event in (b"", b"message"):
+                return b"\n".join(data).decode("utf-8")
+            return None
+        if line.startswith(b":"):  # a comment (keep-alive)
+            return None
+        name, _, value = line.partition(b":")
+        value = value.removeprefix(b" ")
+        if name == b"data":
+            self._size += len(value) + 1
+            if self._size > self.limit:
+                raise ValueError(f"an event larger than {self.limit} bytes")
+            self._data.append(value)
+        elif name == b"event":
+            self._event = value
+        return None
+
+
+def _is_tool(tool: Any) -> bool:
+    return (
+        isinstance(tool, dict)
+        and isinstance(tool.get("name"), str)
+        and isinstance(tool.get("inputSchema"), dict)
+    )
+
+
+def _env_proxy(url: URL) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+    """The proxy the environment names for `url` (HTTPS_PROXY/HTTP_PROXY, else ALL_PROXY; none
+    for a NO_PROXY host), as httpx2 under the SDK picks it. Only http:// proxies (aiohttp's)."""
+    import urllib.request
+
+    import aiohttp
+    from yarl import URL
+
+    proxies = urllib.request.getproxies()
+    value = proxies.get(url.scheme) or proxies.get("all")
+    if not value or (url.host and urllib.request.proxy_bypass(url.host)):
+        return None, None
+    proxy = URL(value if "://" in value else f"http://{value}")
+    if proxy.scheme != "http":
+        return None, None
+    return proxy.with_user(None), aiohttp.BasicAuth.from_url(proxy)
+
+
+def _redirect_within_origin(sent: URL, response: aiohttp.ClientResponse) -> URL | None:
+    """Where a 307/308 `response` redirects, if that stays within the origin of `sent` (or is
+    its https upgrade on the default ports) and brings no credentials of its own; else None."""
+    from yarl import URL
+
+    location = response.headers.get("location")
+    if response.status not in (307, 308) or not location:
+        return None
+    try:
+        target = sent.join(URL(location))
+    except ValueError:
+        return None
+    if target.raw_user is not None and (target.raw_user, target.raw_password) != (
+        sent.raw_user,
+        sent.raw_password,
+    ):
+        return None
+    if (target.scheme, target.host, target.port) == (sent.scheme, sent.host, sent.port):
+        return target
+    upgrade = (
+        target.host == sent.host
+        and (sent.scheme, target.scheme) == ("http", "https")
+        and sent.is_default_port()
+        and target.is_default_port()
+    )
+    return target if upgrade else None
+
+
+def _check_failure(server: McpServer, error: Exception) -> McpUnavailable:
+    """Classify an exception raised by aiohttp during `check_tools`."""
+    import aiohttp
+
+    name = server.name
+    if isinstance(error, aiohttp.ClientConnectorError | aiohttp.ClientHttpProxyError):
+        return McpUnavailable(name, "unreachable", f"cannot connect to {server.url}: {error}")
+    if isinstance(error, aiohttp.ClientResponseError):  # aiohttp could not parse the answer
+        return McpUnavailable(name, "protocol_error", f"not an HTTP answer: {error.message}")
+    if isinstance(error, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+        return McpUnavailable(name, "disconnected", f"{type(error).__name__}: {error}")
+    if isinstance(error, ConnectionError):
+        return McpUnavailable(name, "disconnected", f"{type(error).__name__}: {error}")
+    if isinstance(error, OSError | aiohttp.InvalidURL):
+        return McpUnavailable(name, "unreachable", f"{type(error).__name__}: {error}")
     return McpUnavailable(name, "protocol_error", f"{type(error).__name__}: {error}")

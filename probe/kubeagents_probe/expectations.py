@@ -12,8 +12,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-
-from jsonschema import Draft202012Validator
+from typing import Any
 
 from kubeagents_probe.proxy_client import CheckFailed, Reply
 from kubeagents_probe.settings import ExpectKind, ProbeSettings, parse_schema
@@ -60,11 +59,11 @@ class Expectation:
         self.grader_max_tokens = settings.judge_max_tokens
         self._ask = ask
         self._pattern = re.compile(self.value) if self.kind is ExpectKind.REGEX else None
-        self._schema = (
-            Draft202012Validator(parse_schema(self.value))
-            if self.kind is ExpectKind.JSON_SCHEMA
-            else None
-        )
+        self._schema: Any = None
+        if self.kind is ExpectKind.JSON_SCHEMA:
+            from jsonschema import Draft202012Validator  # a few MB: loaded only when used
+
+            self._schema = Draft202012Validator(parse_schema(self.value))
 
     async def judge(self, reply: str) -> Judgement:
         if self.kind is ExpectKind.EXACT:

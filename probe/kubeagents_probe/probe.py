@@ -28,7 +28,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from kubeagents.mcp_client import McpServer, McpUnavailable, list_tools
+from kubeagents.mcp_client import McpServer, McpUnavailable, check_tools
 from kubeagents_probe.expectations import Expectation, excerpt
 from kubeagents_probe.metrics import ProbeMetrics
 from kubeagents_probe.proxy_client import CheckFailed, ProxyClient
@@ -221,7 +221,7 @@ class Probe:
     def _mcp_check(self, server: McpServer) -> Callable[[], Awaitable[None]]:
         async def check() -> None:
             try:
-                await list_tools(server)
+                await check_tools(server)  # over HTTP without the MCP SDK: RSS stays low
             except McpUnavailable as error:
                 raise CheckFailed(error.reason, str(error)) from None
 

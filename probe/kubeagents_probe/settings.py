@@ -13,8 +13,6 @@ import socket
 from enum import StrEnum
 from typing import Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -154,6 +152,9 @@ class ProbeSettings(AgentSettings):
             except re.error as error:
                 raise ValueError(f"not a valid regex ({error})") from None
         elif kind is ExpectKind.JSON_SCHEMA:
+            from jsonschema import Draft202012Validator  # only when used: every process's
+            from jsonschema.exceptions import SchemaError  # CLI imports this module
+
             try:
                 Draft202012Validator.check_schema(parse_schema(value))
             except SchemaError as error:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from kubeagents import __version__
-from kubeagents.cli import COMMANDS
+from kubeagents.cli import COMMAND_GROUPS, COMMANDS, is_positional
 
 KUBEAGENTS = Path(sys.executable).parent / "kubeagents"
 
@@ -35,13 +35,23 @@ def listed_subcommands(help_text: str) -> set[str]:
 def test_help_lists_exactly_the_registered_subcommands() -> None:
     result = run("--help")
     assert result.returncode == 0
-    assert listed_subcommands(result.stdout) == {c.name for c in COMMANDS}
+    assert listed_subcommands(result.stdout) == {c.name.split()[0] for c in COMMANDS}
     for command in COMMANDS:
-        assert command.name in result.stdout
+        assert command.name.split()[0] in result.stdout
+
+
+def test_a_group_help_lists_exactly_its_subcommands() -> None:
+    assert set(COMMAND_GROUPS) == {c.name.split()[0] for c in COMMANDS if " " in c.name}
+    for group, summary in COMMAND_GROUPS.items():
+        result = run(group, "--help")
+        assert result.returncode == 0, result.stderr
+        assert summary in " ".join(result.stdout.split())  # argparse wraps the description
+        members = {c.name.split()[1] for c in COMMANDS if c.name.split()[0] == group}
+        assert listed_subcommands(result.stdout) == members
 
 
 def test_help_lists_no_process_whose_capability_is_not_built() -> None:
-    built = {c.name for c in COMMANDS}
+    built = {c.name.split()[0] for c in COMMANDS}
     listed = listed_subcommands(run("--help").stdout)
     # Each listed subcommand has a real entry point and settings class (no stubs).
     assert listed <= built
@@ -53,11 +63,12 @@ def test_help_lists_no_process_whose_capability_is_not_built() -> None:
 
 def test_each_subcommand_help_names_every_option_with_its_env_var() -> None:
     for command in COMMANDS:
-        result = run(command.name, "--help")
+        result = run(*command.name.split(), "--help")
         assert result.returncode == 0, result.stderr
         prefix = str(command.settings.model_config["env_prefix"])
         for name, field in command.settings.model_fields.items():
-            assert f"--{name.replace('_', '-')}" in result.stdout
+            shown = name.upper() if is_positional(field) else f"--{name.replace('_', '-')}"
+            assert shown in result.stdout
             assert f"{prefix}{name}".upper() in result.stdout
             assert field.description, f"{command.name}: {name} has no description"
 

@@ -1,0 +1,108 @@
+"""The runtime's HTTP endpoints (one port):
+
+- `GET /livez`: 200 while the process runs;
+- `GET /readyz`: 200 when Redis answers (the body also shows the probe gate and each MCP
+  server); 503 otherwise;
+- `GET /metrics`: Prometheus text;
+- with `task_api` on: `POST /v1/tasks` with `{"input": {"prompt": …}, "id": optional}` → 202
+  `{"id", "status"}` (200 with the existing status when the id is known; 400 naming the problem
+  for bad input, which writes nothing), and `GET /v1/tasks/{id}` → the result, or 404.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from kubeagents.tasks import MAX_INPUT_BYTES, InvalidTask, TaskQueue
+from kubeagents_runtime.metrics import RuntimeMetrics
+from kubeagents_runtime.toolbox import Toolbox
+from kubeagents_runtime.worker import Worker
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def create_app(
+    worker: Worker, queue: TaskQueue, toolbox: Toolbox, metrics: RuntimeMetrics, *, task_api: bool
+) -> web.Application:
+    async def livez(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        try:
+            redis = "ok" if await worker.link.execute("PING") == b"PONG" else "unexpected answer"
+        except (RedisError, OSError) as error:
+            redis = f"unreachable: {error}"
+        mcp = {
+            name: {"up": status.up, "reason": status.reason}
+            for name, status in toolbox.status().items()
+        }
+        body = {
+            "ready": redis == "ok",
+            "redis": redis,
+            "probe_gate": "open" if worker.ready else "closed",
+            "mcp_servers": mcp,
+        }
+        return web.json_response(body, status=200 if body["ready"] else 503)
+
+    async def metrics_endpoint(request: web.Request) -> web.Response:
+        for name, status in toolbox.status().items():
+            metrics.mcp_server_up.labels(name).set(1 if status.up else 0)
+        return web.Response(
+            body=generate_latest(metrics.registry), headers={"content-type": CONTENT_TYPE_LATEST}
+        )
+
+    async def submit(request: web.Request) -> web.Response:
+        try:
+            body: Any = json.loads(await request.read())
+        except ValueError as error:
+            return _error(400, f"body is not JSON ({error})")
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"body exceeds {MAX_INPUT_BYTES + 4096:,} bytes")
+        if not isinstance(body, dict) or "input" not in body:
+            return _error(400, 'body must be {"input": {"prompt": ...}, "id": optional}')
+        unknown = set(body) - {"input", "id"}
+        if unknown:
+            return _error(400, f"unknown fields {sorted(unknown)} (allowed: input, id)")
+        traceparent = request.headers.get("traceparent", "")
+        try:
+            submitted = await queue.submit(
+                body["input"] if isinstance(body["input"], dict) else json.dumps(body["input"]),
+                task_id=body.get("id"),
+                traceparent=traceparent,
+            )
+        except InvalidTask as error:
+            return _error(400, str(error))
+        except (RedisError, OSError) as error:
+            return _error(503, f"the task queue is unavailable: {error}")
+        status = 202 if submitted.created else 200
+        return web.json_response(
+            {"id": submitted.task_id, "status": submitted.status}, status=status
+        )
+
+    async def get_task(request: web.Request) -> web.Response:
+        task_id = request.match_info["task_id"]
+        try:
+            result = await queue.result(task_id)
+        except InvalidTask as error:
+            return _error(400, str(error))
+        except (RedisError, OSError) as error:
+            return _error(503, f"the task queue is unavailable: {error}")
+        if result is None:
+            return _error(404, f"no task {task_id} for agent {worker.settings.agent}")
+        return web.json_response(result)
+
+    app = web.Application(client_max_size=MAX_INPUT_BYTES + 4096)
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    if task_api:
+        app.router.add_post("/v1/tasks", submit)
+        app.router.add_get("/v1/tasks/{task_id}", get_task)
+    return app

@@ -1,0 +1,63 @@
+"""Why an attempt of a task failed, and whether another attempt can help.
+
+- `Retryable`: upstream 5xx/529, 429 (rate or budget: then `retry_after` from the proxy's
+  `retry-after` header), timeouts, connection failures, Redis errors. Retried with exponential
+  backoff and jitter, or after `retry_after` when the proxy said so, until `max_attempts`.
+- `Permanent`: the request itself is wrong (400, 401, 403, 404, 413, 422): another attempt would
+  fail the same way, so the task fails at once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import anthropic
+
+
+class TaskFailure(Exception):
+    """An attempt failed; `message` is what the result's `error` field says."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class Retryable(TaskFailure):
+    retryable = True
+
+
+class Permanent(TaskFailure):
+    retryable = False
+
+
+def _retry_after(headers: object) -> float | None:
+    value = getattr(headers, "get", lambda _: None)("retry-after")
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
+
+
+def classify(error: BaseException) -> TaskFailure:
+    """The failure an exception of the model call means."""
+    if isinstance(error, TaskFailure):
+        return error
+    if isinstance(error, anthropic.APIStatusError):
+        status = error.status_code
+        message = f"model call failed: {status} {error.message}"
+        if status == 429:
+            return Retryable(message, retry_after=_retry_after(error.response.headers))
+        if status >= 500:
+            return Retryable(message, retry_after=_retry_after(error.response.headers))
+        return Permanent(message)
+    if isinstance(error, anthropic.APITimeoutError):
+        return Retryable("model call timed out")
+    if isinstance(error, anthropic.APIConnectionError):
+        return Retryable(f"cannot reach the proxy: {error}")
+    if isinstance(error, TimeoutError):
+        return Retryable("the task timed out")
+    return Retryable(f"{type(error).__name__}: {error}")
