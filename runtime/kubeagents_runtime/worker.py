@@ -96,6 +96,7 @@ class Worker:
     async def drain(self) -> None:
         """Stop pulling; wait for running tasks up to the grace period, then leave them pending."""
         self.stopping.set()
+        await self.reader.aclose()  # aborts a blocked XREADGROUP: Redis delivers nothing more
         running = list(self.running.values())
         if running:
             _, late = await asyncio.wait(running, timeout=self.settings.shutdown_grace_seconds)
@@ -119,6 +120,8 @@ class Worker:
                     continue
                 await self.slots.acquire()  # wait for a free slot ...
                 self.slots.release()  # ... which _start takes
+                if self.stopping.is_set():
+                    break
                 free = self._free_slots()
                 reply = await self.reader.execute(
                     "XREADGROUP", "GROUP", GROUP, self.settings.pod_name,
@@ -128,6 +131,8 @@ class Worker:
                     for message_id, flat in messages:
                         await self._start(_text(message_id), _fields(flat))
             except (RedisError, OSError) as error:
+                if self.stopping.is_set():
+                    break  # drain() closed the reading connection
                 log.warning("reading the queue failed: %s", error)
                 await self._pause(1.0)
 
@@ -187,8 +192,8 @@ class Worker:
         return self.settings.max_concurrent_tasks - len(self.running)
 
     async def _start(self, message_id: str, message: dict[str, str]) -> None:
-        if message_id in self.running:
-            return
+        if message_id in self.running or self.stopping.is_set():
+            return  # when stopping: left pending, reclaimed by another pod
         await self.slots.acquire()
         task = asyncio.create_task(self._attempt(message_id, message))
         self.running[message_id] = task

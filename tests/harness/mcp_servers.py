@@ -41,14 +41,15 @@ def start_mcp_server(
     name: str = "tools",
     require_header: str | None = None,
     extra_env: Mapping[str, str] | None = None,
+    port: int = 0,
 ) -> McpServerProcess:
-    """Start the tool server over HTTP on a free loopback port.
+    """Start the tool server over HTTP on a free loopback port (or on `port`).
 
     `require_header` ("NAME=VALUE") makes it refuse requests without that header with 401;
     `extra_env` is added to its environment (e.g. `MCP_TOOL_LOG` to count `record` calls).
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, str(TOOL_SERVER), "http", "--port", "0"]
+    argv = [sys.executable, str(TOOL_SERVER), "http", "--port", str(port)]
     if require_header is not None:
         if "=" not in require_header:
             raise HarnessError(f"require_header takes NAME=VALUE, got {require_header!r}")

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.processes import ManagedProcess, settings_env
+from harness.processes import ManagedProcess, settings_env, wait_for
+from kubeagents.fake_anthropic import FakeAnthropicControl, RecordedRequest
 
 KUBEAGENTS = Path(sys.executable).parent / "kubeagents"
 AGENT_MODEL = "claude-sonnet-5-5"
@@ -54,11 +55,30 @@ class RuntimeProcess:
     def task(self, task_id: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/tasks/{task_id}")[1]
 
+    def wait_final(self, task_id: str, *, timeout: float = 30) -> dict[str, Any]:
+        """Poll the task API until the task is succeeded, failed or dead; its result."""
+
+        def final() -> dict[str, Any] | None:
+            result = self.task(task_id)
+            return result if result.get("status") in ("succeeded", "failed", "dead") else None
+
+        return wait_for(final, timeout=timeout, what=f"task {task_id} to finish")
+
+    def request_text(self, path: str) -> str:
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:  # noqa: S310
+            text: str = response.read().decode()
+            return text
+
     def stop(self) -> None:
         self.process.stop()
 
     def kill(self) -> None:
         self.process.kill()
+
+
+def model_calls(fake: FakeAnthropicControl) -> list[RecordedRequest]:
+    """The `POST /v1/messages` requests the fake received, in order."""
+    return [request for request in fake.requests() if request.path == "/v1/messages"]
 
 
 StartRuntime = Callable[..., RuntimeProcess]  # start(name="runtime", **settings)

@@ -15,7 +15,7 @@ import redis
 from harness.probe import start_probe
 from harness.processes import wait_for
 from harness.proxy import ProxyProcess, StartProxy, sdk
-from harness.runtime import RuntimeProcess, StartRuntime
+from harness.runtime import StartRuntime, model_calls
 from kubeagents.fake_anthropic import ErrorReply, FakeAnthropicControl, Reply
 from kubeagents.tasks import QueueKeys
 
@@ -24,20 +24,8 @@ CALLER_SPAN = "00f067aa0ba902b7"
 KEYS = QueueKeys.of("tests", "research")
 
 
-def wait_final(runtime: RuntimeProcess, task_id: str, *, timeout: float = 30) -> dict[str, Any]:
-    def final() -> dict[str, Any] | None:
-        result = runtime.task(task_id)
-        return result if result.get("status") in ("succeeded", "failed", "dead") else None
-
-    return wait_for(final, timeout=timeout, what=f"task {task_id} to finish")
-
-
 def console_spans(log: str) -> list[dict[str, Any]]:
     return [json.loads(block) for block in re.findall(r"(?ms)^\{\n.*?^\}$", log)]
-
-
-def model_calls(fake: FakeAnthropicControl) -> list[Any]:
-    return [r for r in fake.requests() if r.path == "/v1/messages"]
 
 
 def test_a_task_with_two_tool_calls_completes_with_result_usage_and_spans(
@@ -55,7 +43,7 @@ def test_a_task_with_two_tool_calls_completes_with_result_usage_and_spans(
         json.dumps({"input": {"prompt": "What is 2 + 3?"}, "id": "sum-1"}).encode(),
     )
     assert (status, body) == (202, {"id": "sum-1", "status": "queued"})
-    result = wait_final(runtime, "sum-1")
+    result = runtime.wait_final("sum-1")
     assert result["status"] == "succeeded", result
     assert result["output"] == '{"answer": 5}'
     assert result["output_json"] == {"answer": 5}
@@ -105,7 +93,7 @@ def test_the_submitters_traceparent_is_continued_to_the_proxy(
         headers={"traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-01"},
     )
     assert status == 202, body
-    result = wait_final(runtime, body["id"])
+    result = runtime.wait_final(body["id"])
     assert result["trace_id"] == TRACE_ID
     (upstream,) = model_calls(fake_anthropic)
     assert upstream.headers["traceparent"].split("-")[1] == TRACE_ID
@@ -139,7 +127,7 @@ def test_a_runtime_killed_mid_task_is_resumed_elsewhere_without_repeating_tool_c
         Reply.with_text("recorded three notes"),
     )
     second = start_runtimes(name="runtime-b", visibility_timeout_seconds=2)
-    result = wait_final(second, task_id, timeout=40)
+    result = second.wait_final(task_id, timeout=40)
     assert result["status"] == "succeeded", result
     assert result["output"] == "recorded three notes"
     assert result["worker"] == "runtime-b"
@@ -160,7 +148,7 @@ def test_retryable_failures_back_off_and_succeed(
 ) -> None:
     fake_anthropic.enqueue(ErrorReply(status=529, times=2), Reply.with_text("third time lucky"))
     runtime = start_runtimes(max_attempts=3)
-    result = wait_final(runtime, runtime.submit("try"))
+    result = runtime.wait_final(runtime.submit("try"))
     assert result["status"] == "succeeded", result
     assert result["attempts"] == 3
     assert result["output"] == "third time lucky"
@@ -172,7 +160,7 @@ def test_a_permanent_failure_fails_at_once(
 ) -> None:
     fake_anthropic.enqueue(ErrorReply(status=400, message="messages: roles must alternate"))
     runtime = start_runtimes(max_attempts=3)
-    result = wait_final(runtime, runtime.submit("bad"))
+    result = runtime.wait_final(runtime.submit("bad"))
     assert result["status"] == "failed"
     assert result["attempts"] == 1
     assert "400" in result["error"]
@@ -186,7 +174,7 @@ def test_exhausted_attempts_land_in_the_dead_letter_stream(
     fake_anthropic.enqueue(ErrorReply(status=500, times=2))
     runtime = start_runtimes(max_attempts=2)
     task_id = runtime.submit("doomed")
-    result = wait_final(runtime, task_id)
+    result = runtime.wait_final(task_id)
     assert result["status"] == "dead"
     assert result["attempts"] == 2
     client = redis.Redis.from_url(redis_url)
@@ -229,7 +217,7 @@ def test_no_task_is_pulled_while_the_probe_says_not_ready(
         assert runtime.request("GET", "/readyz")[1]["probe_gate"] == "closed"
 
         fake_anthropic.set_default(Reply.with_text("READY"))
-        result = wait_final(runtime, task_id, timeout=30)
+        result = runtime.wait_final(task_id, timeout=30)
         assert result["status"] == "succeeded"
     finally:
         probe.stop()
@@ -270,7 +258,7 @@ def test_an_exhausted_budget_makes_the_task_wait_for_retry_after_then_complete(
     )
     assert "budget" in retrying["error"]
     blocker.join(timeout=10)
-    result = wait_final(runtime, task_id, timeout=20)
+    result = runtime.wait_final(task_id, timeout=20)
     assert result["status"] == "succeeded", result
     assert result["attempts"] == 2
     assert result["output"] == "done after the wait"
@@ -284,7 +272,7 @@ def test_tasks_of_one_agent_are_never_taken_by_another(
     research = start_runtimes(name="research-pod")
     ids = [research.submit(f"research {i}") for i in range(5)]
     for task_id in ids:
-        assert wait_final(research, task_id)["worker"] == "research-pod"
+        assert research.wait_final(task_id)["worker"] == "research-pod"
     assert writer.request("GET", f"/v1/tasks/{ids[0]}")[0] == 404  # another agent's queue
     client = redis.Redis.from_url(redis_url)
     writer_keys = QueueKeys.of("tests", "writer")
