@@ -80,6 +80,24 @@ def test_a_task_with_two_tool_calls_completes_with_result_usage_and_spans(
         assert span["context"]["trace_id"] == agent["context"]["trace_id"]
     assert result["trace_id"] == agent["context"]["trace_id"].removeprefix("0x")
 
+    metrics = runtime.request_text("/metrics")
+    for line in (
+        'kubeagents_runtime_tasks_total{outcome="succeeded"} 1.0',
+        "kubeagents_runtime_model_turns_total 3.0",
+        'kubeagents_runtime_tool_calls_total{outcome="ok",tool="add"} 1.0',
+        'kubeagents_runtime_tool_calls_total{outcome="ok",tool="echo"} 1.0',
+        "kubeagents_runtime_tasks_in_flight 0.0",
+    ):
+        assert line in metrics, line
+    log_line = next(
+        json.loads(line)
+        for line in runtime.process.log_text().splitlines()
+        if line.startswith('{"event": "task"')
+    )
+    assert log_line["task_id"] == "sum-1"
+    assert log_line["trace_id"] == result["trace_id"]
+    assert log_line["outcome"] == "succeeded"
+
 
 def test_the_submitters_traceparent_is_continued_to_the_proxy(
     start_runtimes: StartRuntime, fake_anthropic: FakeAnthropicControl
