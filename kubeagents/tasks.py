@@ -74,6 +74,7 @@ class ResultField(StrEnum):
     STARTED_AT = "started_at"
     FINISHED_AT = "finished_at"
     TRACE_ID = "trace_id"
+    RECLAIMS = "reclaims"  # how often a pod took the task over from a pod that stopped
 
 
 class Status(StrEnum):
@@ -259,7 +260,8 @@ def decode_result(task_id: str, raw: Mapping[Any, Any]) -> dict[str, Any]:
     """A result hash as JSON-friendly values: numbers as ints, usage and output_json parsed."""
     fields = {_text(key): _text(value) for key, value in raw.items()}
     result: dict[str, Any] = {"id": task_id, **fields}
-    for name in ("turns", "tool_calls", "attempts", "submitted_at", "started_at", "finished_at"):
+    numbers = ("turns", "tool_calls", "attempts", "reclaims", "submitted_at", "started_at")
+    for name in (*numbers, "finished_at"):
         if fields.get(name):
             result[name] = int(fields[name])
     for name in ("usage", "output_json"):

@@ -173,9 +173,24 @@ class Worker:
         for message_id, flat in reply[1]:
             if flat is None:
                 continue  # trimmed away
+            message = _fields(flat)
+            task_id = message.get(MessageField.ID, "")
             self.metrics.reclaimed.inc()
-            log.info("taking over task message %s", _text(message_id))
-            await self._start(_text(message_id), _fields(flat))
+            taken_over = await self.link.execute(
+                "HINCRBY", self.keys.result(task_id), "reclaims", 1
+            )
+            if int(taken_over) > self.settings.max_attempts:
+                # Every pod that ran it died: a task that kills its runtime must not loop forever.
+                error = f"taken over {taken_over} times: the pods running it stopped"
+                attempt = int(message.get(MessageField.ATTEMPT, "1") or 1)
+                if await self.store.bury(
+                    _text(message_id), task_id, message=message, error=error, attempts=attempt
+                ):
+                    self.metrics.tasks.labels("dead").inc()
+                    self.metrics.dead_letters.inc()
+                continue
+            log.info("taking over task %s (message %s)", task_id, _text(message_id))
+            await self._start(_text(message_id), message)
 
     async def _refresh_queue_gauges(self) -> None:
         for group in await self.link.execute("XINFO", "GROUPS", self.keys.stream):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from typing import cast
 
 import redis
 
@@ -95,3 +96,23 @@ def test_the_token_ceiling_stops_the_loop_with_its_reason(
     assert result["turns"] == 3  # 500 + 500 + 500 >= 1200 after the third turn
     usage = result["usage"]
     assert usage["input_tokens"] + usage["output_tokens"] == 1500
+
+
+def test_a_task_whose_pods_keep_dying_goes_to_the_dead_letters_instead_of_looping(
+    start_runtimes: StartRuntime, fake_anthropic: FakeAnthropicControl, redis_url: str
+) -> None:
+    fake_anthropic.enqueue(Reply.with_text("never answered in time", latency_ms=10_000))
+    doomed = start_runtimes(name="doomed", visibility_timeout_seconds=1, max_attempts=1)
+    task_id = doomed.submit("crash me")
+    wait_for(lambda: len(model_calls(fake_anthropic)) == 1, timeout=10, what="the model call")
+    doomed.kill()
+    client = redis.Redis.from_url(redis_url)
+    client.hset(KEYS.result(task_id), "reclaims", 1)  # as if one pod had taken it over already
+    survivor = start_runtimes(name="survivor", visibility_timeout_seconds=1, max_attempts=1)
+    result = survivor.wait_final(task_id)
+    assert result["status"] == "dead"
+    assert result["reclaims"] == 2
+    assert "taken over 2 times" in result["error"]
+    assert len(model_calls(fake_anthropic)) == 1  # not run again
+    (entry,) = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(KEYS.dead))
+    assert entry[1][b"id"].decode() == task_id
