@@ -27,7 +27,7 @@ export PATH := $(CURDIR)/$(TOOLS_BIN):$(PATH)
 CLUSTER_DIR ?= .tools/cluster
 
 .PHONY: help test lint typecheck pytest venv tools redis-server controlplane run lock clean \
-	cluster-up cluster-down bench-proxy bench-probe
+	cluster-up cluster-down bench-proxy bench-probe bench-runtime
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ bench-proxy: venv redis-server ## Benchmark the proxy: overhead, req/s, stream T
 bench-probe: venv redis-server ## Benchmark the probe: idle RSS, cost of /readyz polling
 	$(VENV)/bin/python tests/benchmarks/bench_probe.py
 
+bench-runtime: venv redis-server ## Benchmark the runtime: tasks/s (no tools, one tool call), idle RSS (BENCH_ARGS=--concurrency N)
+	$(VENV)/bin/python tests/benchmarks/bench_runtime.py $(BENCH_ARGS)
+
 $(UV):
 	@echo "bootstrapping uv $(UV_VERSION) into $(BOOTSTRAP)"
 	rm -rf $(BOOTSTRAP)
@@ -82,6 +85,11 @@ cluster-up: venv tools ## Start a local control plane with 2 kwok nodes; prints 
 
 cluster-down: venv ## Stop the control plane cluster-up started
 	@cd tests && ../$(VENV)/bin/python -m harness.controlplane down --dir $(abspath $(CLUSTER_DIR))
+
+.PHONY: chart-docs
+chart-docs: ## Regenerate charts/*/README.md from each chart's values.yaml comments (helm-docs)
+	@test -x $(TOOLS_BIN)/helm-docs || { echo "helm-docs missing: run make controlplane (or make tools)" >&2; exit 1; }
+	$(TOOLS_BIN)/helm-docs --chart-search-root charts --template-files README.md.gotmpl --sort-values-order file
 
 redis-server: ## Install redis-server and redis-cli from Debian packages when missing
 	@if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then exit 0; fi; \

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
-from harness.binaries import tool
+from harness.binaries import tool, tools_dir
 from harness.controlplane import ControlPlane, start_control_plane
 from harness.processes import HarnessError, ManagedProcess
 from harness.proxy import ProxyProcess, StartProxy, start_proxy
@@ -134,6 +134,28 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     plane = start_or_fail(lambda: start_control_plane(tmp_path_factory.mktemp("cluster")))
     yield plane
     plane.stop()
+
+
+@pytest.fixture(scope="session")
+def operator_crds(cluster: ControlPlane) -> list[str]:
+    """The CRDs of KEDA and the Prometheus operator (pinned in tests/tools.toml, linked into
+    .tools/crds by `make tools`) installed in the session's control plane; their names."""
+    crd_dir = tools_dir().parent / "crds"
+    files = sorted(crd_dir.glob("*/*.yaml"))
+    if not files:
+        pytest.fail(f"no CRDs in {crd_dir}: run `make tools`", pytrace=False)
+    for file in files:
+        cluster.kubectl("apply", "--server-side", "-f", str(file))
+    names = [
+        line.split("/", 1)[1]
+        for file in files
+        for line in cluster.kubectl("get", "-f", str(file), "-o", "name").stdout.split()
+    ]
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s",
+        *(f"crd/{name}" for name in names),
+    )  # fmt: skip
+    return names
 
 
 @pytest.fixture

@@ -4,7 +4,8 @@ For each `[go.NAME]` table of tests/tools.toml this writes a tiny build module t
 pinned module version, resolves it with `go get`, and builds each binary with `go build`. The
 module and build caches and the binaries live in the cache folder outside the repository, keyed
 by name and version, so a second run builds nothing. The binaries are then linked into the
-tools folder (.tools/bin).
+tools folder (.tools/bin). The files of each `[crds.NAME]` table (operators' CustomResource-
+Definitions, from their modules' source) are linked into .tools/crds/NAME/.
 
     python tests/harness/go_builds.py --cache DIR --tools DIR
 """
@@ -12,6 +13,7 @@ tools folder (.tools/bin).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -40,15 +42,60 @@ class GoBuild:
     relative_replaces_version: str | None = None
     config_dir: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # `-X` flags: package path -> {variable: value}; `{version}`, `{major}`, `{minor}` expand
+    # (Kubernetes reads its version from k8s.io/component-base/version, unset without them).
+    version_variables: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def package(self, subpath: str) -> str:
         return f"{self.module}/{subpath}" if subpath else self.module
+
+    def ldflags(self) -> str:
+        major, minor, *_ = self.version.lstrip("v").split(".")
+        stamps = [
+            f"-X {package}.{name}={value.format(version=self.version, major=major, minor=minor)}"
+            for package, variables in sorted(self.version_variables.items())
+            for name, value in sorted(variables.items())
+        ]
+        return " ".join(["-s", "-w", *stamps])
+
+    @property
+    def cache_name(self) -> str:
+        """The cache folder: the version, plus a digest of the stamps when there are any."""
+        if not self.version_variables:
+            return f"{self.name}-{self.version}"
+        digest = hashlib.sha256(self.ldflags().encode()).hexdigest()[:8]
+        return f"{self.name}-{self.version}-{digest}"
 
 
 def pinned_builds() -> list[GoBuild]:
     with TOOLS_TOML.open("rb") as file:
         tables = tomllib.load(file)["go"]
     return [GoBuild(name=name, **table) for name, table in tables.items()]
+
+
+@dataclass(frozen=True)
+class CrdSource:
+    """One `[crds.NAME]` table: CustomResourceDefinition files inside a Go module's source."""
+
+    name: str
+    module: str
+    version: str
+    files: list[str]
+
+
+def pinned_crds() -> list[CrdSource]:
+    with TOOLS_TOML.open("rb") as file:
+        tables = tomllib.load(file).get("crds", {})
+    return [CrdSource(name=name, **table) for name, table in tables.items()]
+
+
+def link_crds(crds: CrdSource, toolchain: GoToolchain, cache: Path, crd_dir: Path) -> None:
+    """Link the CRD files of `crds` (from the module cache) into `crd_dir`/NAME/."""
+    source = Path(toolchain.module_source(crds.module, crds.version, cache)["Dir"])
+    for file in crds.files:
+        if not (source / file).is_file():
+            raise SystemExit(f"{crds.module}@{crds.version} has no {file}")
+        link(source / file, crd_dir / crds.name / Path(file).name)
 
 
 class GoToolchain:
@@ -111,7 +158,7 @@ def build_module_text(build: GoBuild, toolchain: GoToolchain, workdir: Path) -> 
 
 def ensure_built(build: GoBuild, cache: Path, toolchain: GoToolchain) -> Path:
     """Build the binaries of `build` unless this version is already in the cache; return bin/."""
-    root = cache / "go-builds" / f"{build.name}-{build.version}"
+    root = cache / "go-builds" / build.cache_name
     bin_dir = root / "bin"
     if all((bin_dir / binary).exists() for binary in build.binaries):
         return bin_dir
@@ -128,7 +175,7 @@ def ensure_built(build: GoBuild, cache: Path, toolchain: GoToolchain) -> Path:
     partial.mkdir()
     for binary, sub in build.binaries.items():
         toolchain.run(
-            ["build", "-trimpath", "-ldflags=-s -w", "-o", str(partial / binary),
+            ["build", "-trimpath", f"-ldflags={build.ldflags()}", "-o", str(partial / binary),
              build.package(sub)],
             cwd=src,
         )  # fmt: skip
@@ -162,6 +209,8 @@ def main() -> int:
         if build.config_dir:
             source = toolchain.module_source(build.module, build.version, cache)["Dir"]
             link(Path(source) / build.config_dir, args.tools.parent / build.name)
+    for crds in pinned_crds():
+        link_crds(crds, toolchain, cache, args.tools.parent / "crds")
     return 0
 
 
