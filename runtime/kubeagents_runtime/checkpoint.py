@@ -9,7 +9,7 @@ final result).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from kubeagents.redis_link import RedisLink
@@ -54,7 +54,9 @@ class Checkpoints:
         return Conversation(**data)
 
     async def save(self, task_id: str, conversation: Conversation) -> None:
-        payload = json.dumps(asdict(conversation), separators=(",", ":"))
+        # a shallow dict, not dataclasses.asdict, which deep-copies the whole conversation first
+        state = {item.name: getattr(conversation, item.name) for item in fields(conversation)}
+        payload = json.dumps(state, separators=(",", ":"))
         await self.link.execute(
             "SET", self.keys.checkpoint(task_id), payload, "EX", RESULT_TTL_SECONDS
         )

@@ -44,6 +44,8 @@ async def serve(settings: RuntimeSettings) -> int:
         api_key="kubeagents-runtime",  # ignored: the proxy holds the real key
         max_retries=0,  # the worker retries whole attempts, with backoff
         timeout=settings.task_timeout_seconds,
+        # the SDK's aiohttp transport: about a fifth less CPU per call than its default (httpx)
+        http_client=anthropic.DefaultAioHttpClient(),
     )
     keys = QueueKeys.of(settings.namespace, settings.agent)
     loop = AgentLoop(settings, client, toolbox, Checkpoints(link, keys), metrics, tracer)
