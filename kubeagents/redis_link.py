@@ -19,6 +19,11 @@ redis-py's exception classes, so callers keep catching `redis.exceptions.RedisEr
   command connects again, so the link recovers by itself when Redis is back.
 - `ResponseError` (`NoScriptError` for NOSCRIPT): an error reply; the connection stays.
 
+Sentinel (a `redis+sentinel://` URL): on connect the link asks the Sentinels in turn for the
+master's address and connects there; a broken connection asks again, and a `READONLY` error (the
+node became a replica in a failover; the write did not run) drops the connection, asks again and
+resends.
+
 Cluster mode (`cluster=True`): on connect the link asks the URL's node (or the node it used
 last) `CLUSTER SLOTS` for the master of the agent's slot and connects there. A `MOVED` reply
 means the command did not run: the link moves to the named node and sends it again. An `ASK`
@@ -66,7 +71,8 @@ def encode_command(args: Sequence[Arg]) -> bytes:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where a Redis node listens, and how to log in to it."""
+    """Where a Redis node listens, and how to log in to it. For Redis Sentinel, `sentinels` and
+    `master_name` say whom to ask for the master, which `host`/`port` do not name."""
 
     host: str
     port: int
@@ -74,12 +80,23 @@ class Endpoint:
     username: str | None = None
     password: str | None = None
     db: int = 0
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master_name: str = ""
 
     @classmethod
     def from_url(cls, url: str) -> Endpoint:
+        """`redis[s]://[[user]:password@]host[:port][/db]`, or for Sentinel
+        `redis[s]+sentinel://[[user]:password@]host[:port][,host[:port]...]/<master>[/db]`
+        (the credentials are the master's; the Sentinels are asked without them)."""
         parts = urlsplit(url)
+        if parts.scheme in ("redis+sentinel", "rediss+sentinel"):
+            return cls._sentinel_url(
+                url, parts.scheme.startswith("rediss"), parts.netloc, parts.path
+            )
         if parts.scheme not in ("redis", "rediss"):
-            raise ValueError(f"redis URL must start with redis:// or rediss://, not {url!r}")
+            raise ValueError(
+                f"redis URL must start with redis://, rediss:// or redis+sentinel://, not {url!r}"
+            )
         path = parts.path.strip("/")
         if path and not path.isdigit():
             raise ValueError(f"redis URL database must be a number, not {path!r}")
@@ -92,8 +109,34 @@ class Endpoint:
             db=int(path) if path else 0,
         )
 
+    @classmethod
+    def _sentinel_url(cls, url: str, tls: bool, netloc: str, path: str) -> Endpoint:
+        credentials, _, hosts = netloc.rpartition("@")
+        username, _, password = credentials.partition(":")
+        sentinels = []
+        for host_port in hosts.split(","):
+            host, _, port = host_port.rpartition(":") if ":" in host_port else (host_port, "", "")
+            if not host or (port and not port.isdigit()):
+                raise ValueError(f"redis sentinel URL: bad host {host_port!r} in {url!r}")
+            sentinels.append((host, int(port) if port else 26379))
+        name, _, db = path.strip("/").partition("/")
+        if not name:
+            raise ValueError(f"redis sentinel URL must name the master: .../<master>, not {url!r}")
+        if db and not db.isdigit():
+            raise ValueError(f"redis URL database must be a number, not {db!r}")
+        return cls(
+            host=sentinels[0][0],
+            port=sentinels[0][1],
+            tls=tls,
+            username=unquote(username) or None,
+            password=unquote(password) or None,
+            db=int(db) if db else 0,
+            sentinels=tuple(sentinels),
+            master_name=name,
+        )
+
     def at(self, host: str, port: int) -> Endpoint:
-        """The same credentials on another node (cluster nodes share them)."""
+        """The same credentials on another node (cluster nodes and a Sentinel's master)."""
         return Endpoint(host, port, self.tls, self.username, self.password, self.db)
 
     def __str__(self) -> str:
@@ -239,6 +282,11 @@ class RedisLink:
                 continue
             if message.startswith("ASK ") and self.cluster:
                 return await self._ask(message, payload)
+            if message.startswith("READONLY") and self.seed.sentinels:
+                # A failover made our node a replica; the write was refused, not run: ask the
+                # Sentinels for the new master and send it there.
+                self._drop(f"{self._node} is a replica now")
+                continue
             if message.startswith("NOSCRIPT"):
                 raise NoScriptError(message)
             raise reply
@@ -263,6 +311,8 @@ class RedisLink:
             return connection
 
     async def _connect_to_slot_owner(self) -> _Connection:
+        if self.seed.sentinels:
+            return await self._connect_to_sentinels_master()
         if not self.cluster:
             return await self._open(self.seed)
         errors = []
@@ -280,6 +330,32 @@ class RedisLink:
             self._node = owner
             return await self._open(owner)
         raise ConnectionError("no Redis Cluster node answered: " + "; ".join(errors))
+
+    async def _connect_to_sentinels_master(self) -> _Connection:
+        """Ask each Sentinel in turn for the master's address; connect there."""
+        errors = []
+        for host, port in self.seed.sentinels:
+            sentinel = Endpoint(host, port, self.seed.tls)  # Sentinels: no credentials
+            try:
+                connection = await self._open(sentinel)
+                try:
+                    (future,) = connection.send(
+                        encode_command(
+                            ("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.seed.master_name)
+                        )
+                    )
+                    address = await future
+                finally:
+                    connection.abort("asked the Sentinel")
+            except (ConnectionError, OSError) as error:
+                errors.append(f"{sentinel}: {error}")
+                continue
+            if isinstance(address, ResponseError) or not address:
+                errors.append(f"{sentinel}: no master named {self.seed.master_name!r} ({address})")
+                continue
+            self._node = self.seed.at(address[0].decode(), int(address[1]))
+            return await self._open(self._node)
+        raise ConnectionError("no Redis Sentinel named the master: " + "; ".join(errors))
 
     async def _slot_owner(self, connection: _Connection) -> Endpoint:
         (future,) = connection.send(encode_command(("CLUSTER", "SLOTS")))
@@ -330,8 +406,11 @@ class RedisLink:
 
     def _move_to(self, message: str) -> None:
         self._node = self._redirect_target(message)
+        self._drop(f"slot moved to {self._node}")
+
+    def _drop(self, reason: str) -> None:
         if self._connection is not None:
-            self._connection.abort(f"slot moved to {self._node}")
+            self._connection.abort(reason)
             self._connection = None
 
     async def _ask(self, message: str, payload: bytes) -> Any:

@@ -145,9 +145,9 @@ INVALID_VALUES: list[tuple[str, Obj, str]] = [
         "additional properties 'dashbord' not allowed",
     ),
     (
-        "Sentinel topology",
-        {"redis": {"mode": "external", "external": {"topology": "sentinel", "url": "redis://h"}}},
-        "at '/redis/external/topology': value must be one of 'single', 'cluster'",
+        "an unknown topology",
+        {"redis": {"mode": "external", "external": {"topology": "ring", "url": "redis://h"}}},
+        "at '/redis/external/topology': value must be one of 'single', 'sentinel', 'cluster'",
     ),
     (
         "external without a URL or Secret",

@@ -140,3 +140,63 @@ def start_redis_cluster(workdir: Path, nodes: int = 3) -> RedisClusterNodes:
             process.stop()
         raise
     return RedisClusterNodes(ports, processes)
+
+
+@dataclass
+class RedisSentinelSetup:
+    """A master, a replica of it, and one Sentinel watching them (quorum 1)."""
+
+    master: RedisServer
+    replica: RedisServer
+    sentinel_port: int
+    sentinel: ManagedProcess
+    master_name: str = "kubeagents"
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.master_name}"
+
+    def sentinel_client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.sentinel_port, decode_responses=True)
+
+    def stop(self) -> None:
+        for process in (self.sentinel, self.replica.process, self.master.process):
+            process.stop()
+
+
+def start_redis_sentinel(workdir: Path) -> RedisSentinelSetup:
+    """A master with one replica and one Sentinel (`redis-server --sentinel`) that can fail it
+    over (`SENTINEL FAILOVER`)."""
+    master = start_redis(workdir / "master")
+    replica_port = free_port()
+    replica = RedisServer(
+        replica_port,
+        _start_node(
+            f"redis-replica:{replica_port}", replica_port, workdir / "replica",
+            "--replicaof", "127.0.0.1", str(master.port),
+        ),
+    )  # fmt: skip
+    sentinel_port = free_port()
+    config = workdir / "sentinel" / "sentinel.conf"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(
+        f"port {sentinel_port}\nbind 127.0.0.1\ndir {config.parent}\n"
+        f"sentinel monitor kubeagents 127.0.0.1 {master.port} 1\n"
+        "sentinel down-after-milliseconds kubeagents 1000\n"
+        "sentinel failover-timeout kubeagents 5000\n"
+    )
+    sentinel = ManagedProcess(
+        f"redis-sentinel:{sentinel_port}",
+        [_require("redis-server"), str(config), "--sentinel"],
+        config.parent / "sentinel.log",
+    )
+    client = redis.Redis(host="127.0.0.1", port=sentinel_port, socket_timeout=1)
+    try:
+        sentinel.wait_until(
+            lambda: client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "kubeagents"),  # type: ignore[no-untyped-call]
+            timeout=START_TIMEOUT,
+            what="the Sentinel to know the master",
+        )
+    finally:
+        client.close()
+    return RedisSentinelSetup(master, replica, sentinel_port, sentinel)

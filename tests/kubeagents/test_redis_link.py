@@ -13,7 +13,7 @@ import redis
 import redis.exceptions
 
 from harness.processes import wait_for
-from harness.redis_servers import RedisClusterNodes, start_redis
+from harness.redis_servers import RedisClusterNodes, start_redis, start_redis_sentinel
 from kubeagents.redis_link import Endpoint, RedisLink, encode_command
 
 T = TypeVar("T")
@@ -235,3 +235,75 @@ def test_cluster_link_follows_a_moved_slot(redis_cluster: RedisClusterNodes) -> 
         assign(owner)
         for client in nodes.values():
             client.close()
+
+
+# --- Redis Sentinel --------------------------------------------------------------------------
+
+
+def test_a_sentinel_url_reaches_the_master_and_follows_a_failover(tmp_path: Path) -> None:
+    setup = start_redis_sentinel(tmp_path)
+    try:
+
+        async def before(link: RedisLink) -> int:
+            await link.execute("SET", "k", "before")
+            return link.node.port
+
+        link = RedisLink(setup.url)
+        assert link.seed.master_name == "kubeagents"
+
+        async def scenario(link: RedisLink) -> tuple[int, int, bytes]:
+            first = await before(link)
+            sentinel = setup.sentinel_client()
+            replica = setup.replica.client()
+            wait_for(
+                lambda: replica.info("replication")["master_link_status"] == "up",
+                timeout=20,
+                what="the replica to sync",
+            )
+            sentinel.execute_command("SENTINEL", "FAILOVER", "kubeagents")  # type: ignore[no-untyped-call]
+
+            def promoted() -> bool:
+                address = sentinel.execute_command(  # type: ignore[no-untyped-call]
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "kubeagents"
+                )
+                return int(address[1]) == setup.replica.port
+
+            wait_for(promoted, timeout=30, what="the Sentinel to promote the replica")
+            deadline = time.monotonic() + 30
+            while True:  # the old master may still accept writes until it is reconfigured
+                try:
+                    await link.execute("SET", "k", "after")
+                    if link.node.port == setup.replica.port:
+                        break
+                except redis.exceptions.ConnectionError:
+                    pass
+                assert time.monotonic() < deadline, "the link did not follow the failover"
+                await asyncio.sleep(0.1)
+            value: bytes = await link.execute("GET", "k")
+            return first, link.node.port, value
+
+        first, after, value = run_with(link, scenario)
+        assert first == setup.master.port
+        assert after == setup.replica.port
+        assert value == b"after"
+    finally:
+        setup.stop()
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis+sentinel://127.0.0.1:26379", "must name the master"),
+        ("redis+sentinel://127.0.0.1:x/main", "bad host"),
+        ("redis+sentinel://127.0.0.1/main/zero", "database must be a number"),
+    ],
+)
+def test_a_bad_sentinel_url_is_refused_with_the_reason(url: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        Endpoint.from_url(url)
+
+
+def test_a_sentinel_url_names_every_sentinel_the_master_and_the_masters_login() -> None:
+    endpoint = Endpoint.from_url("redis+sentinel://:s3cret@10.0.0.1,10.0.0.2:26380/main/2")
+    assert endpoint.sentinels == (("10.0.0.1", 26379), ("10.0.0.2", 26380))
+    assert (endpoint.master_name, endpoint.password, endpoint.db) == ("main", "s3cret", 2)
