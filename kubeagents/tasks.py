@@ -30,7 +30,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -230,7 +230,7 @@ class TaskQueue:
                 step,
             ],
         )
-        return Submitted(task_id, bool(created), _text(status))
+        return Submitted(task_id, bool(created), as_text(status))
 
     async def result(self, task_id: str) -> dict[str, Any] | None:
         """The task's state and result (`ResultField`s, decoded), or None when unknown."""
@@ -238,7 +238,7 @@ class TaskQueue:
         flat = await self.link.execute("HGETALL", self.keys.result(task_id))
         if not flat:
             return None
-        return decode_result(task_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+        return decode_result(task_id, as_fields(flat))
 
     async def wait(self, task_id: str, *, seconds: float, poll: float = 0.2) -> dict[str, Any]:
         """Poll until the task has a final status or `seconds` passed; its result."""
@@ -252,13 +252,19 @@ class TaskQueue:
             await asyncio.sleep(poll)
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A Redis reply value (bytes, or a number) as text."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def as_fields(flat: Sequence[Any]) -> dict[str, str]:
+    """A flat `[name, value, name, value, …]` reply (HGETALL, a stream entry) as a dict."""
+    return {as_text(flat[i]): as_text(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
 def decode_result(task_id: str, raw: Mapping[Any, Any]) -> dict[str, Any]:
     """A result hash as JSON-friendly values: numbers as ints, usage and output_json parsed."""
-    fields = {_text(key): _text(value) for key, value in raw.items()}
+    fields = {as_text(key): as_text(value) for key, value in raw.items()}
     result: dict[str, Any] = {"id": task_id, **fields}
     numbers = ("turns", "tool_calls", "attempts", "reclaims", "submitted_at", "started_at")
     for name in (*numbers, "finished_at"):

@@ -37,7 +37,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from redis.exceptions import RedisError, ResponseError
 
 from kubeagents.redis_link import RedisLink
-from kubeagents.tasks import GROUP, MessageField, QueueKeys, parse_input
+from kubeagents.tasks import GROUP, MessageField, QueueKeys, as_fields, as_text, parse_input
 from kubeagents_runtime.agent_loop import AgentLoop
 from kubeagents_runtime.failures import Permanent, TaskFailure, classify
 from kubeagents_runtime.metrics import RuntimeMetrics
@@ -48,14 +48,6 @@ log = logging.getLogger("kubeagents.runtime")
 PROPAGATOR = TraceContextTextMapPropagator()
 READ_BLOCK_MS = 1000
 RELEASE_EVERY_SECONDS = 0.5
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _fields(flat: list[Any]) -> dict[str, str]:
-    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
 class Worker:
@@ -129,7 +121,7 @@ class Worker:
                 )  # fmt: skip
                 for _stream, messages in reply or []:
                     for message_id, flat in messages:
-                        await self._start(_text(message_id), _fields(flat))
+                        await self._start(as_text(message_id), as_fields(flat))
             except (RedisError, OSError) as error:
                 if self.stopping.is_set():
                     break  # drain() closed the reading connection
@@ -173,7 +165,7 @@ class Worker:
         for message_id, flat in reply[1]:
             if flat is None:
                 continue  # trimmed away
-            message = _fields(flat)
+            message = as_fields(flat)
             task_id = message.get(MessageField.ID, "")
             self.metrics.reclaimed.inc()
             taken_over = await self.link.execute(
@@ -184,17 +176,17 @@ class Worker:
                 error = f"taken over {taken_over} times: the pods running it stopped"
                 attempt = int(message.get(MessageField.ATTEMPT, "1") or 1)
                 if await self.store.bury(
-                    _text(message_id), task_id, message=message, error=error, attempts=attempt
+                    as_text(message_id), task_id, message=message, error=error, attempts=attempt
                 ):
                     self.metrics.tasks.labels("dead").inc()
                     self.metrics.dead_letters.inc()
                 continue
-            log.info("taking over task %s (message %s)", task_id, _text(message_id))
-            await self._start(_text(message_id), message)
+            log.info("taking over task %s (message %s)", task_id, as_text(message_id))
+            await self._start(as_text(message_id), message)
 
     async def _refresh_queue_gauges(self) -> None:
         for group in await self.link.execute("XINFO", "GROUPS", self.keys.stream):
-            info = _fields(group)
+            info = as_fields(group)
             if info.get("name") == GROUP:
                 self.metrics.queue_pending.set(int(info.get("pending", 0)))
                 lag = info.get("lag", "")

@@ -31,7 +31,7 @@ TESTS_DIR = Path(__file__).resolve().parent.parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
-from benchmarks.bench_proxy import KUBEAGENTS, cpu_seconds, rss_mib, say  # noqa: E402
+from benchmarks.bench_proxy import cpu_seconds, rss_mib, say, start_fake  # noqa: E402
 from harness.mcp_servers import start_mcp_server  # noqa: E402
 from harness.probe import ProbeProcess, start_probe  # noqa: E402
 from harness.processes import HarnessError, ManagedProcess, wait_for  # noqa: E402
@@ -68,12 +68,7 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def benchmark(workdir: Path) -> str:
-    fake = ManagedProcess(
-        "fake-anthropic",
-        [str(KUBEAGENTS), "fake-anthropic", "--port", "0"],
-        workdir / "fake.log",
-    )
-    fake_url = fake.wait_for_log(r"listening on (http://\S+)", timeout=30).group(1)
+    _, fake_url = start_fake(workdir, record=True)  # the polling test counts model calls
     control = FakeAnthropicControl(fake_url)
     control.set_default(Reply.with_text("READY"))
     redis_server = start_redis(workdir / "redis")

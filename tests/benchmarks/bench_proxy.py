@@ -93,6 +93,15 @@ def say(text: str = "") -> None:
     sys.stdout.flush()
 
 
+def start_fake(workdir: Path, *, record: bool = False) -> tuple[ManagedProcess, str]:
+    """The fake upstream with zero latency; it keeps no request log unless `record`."""
+    argv = [str(KUBEAGENTS), "fake-anthropic", "--port", "0"]
+    if not record:
+        argv += ["--max-recorded", "0"]
+    fake = ManagedProcess("fake-anthropic", argv, workdir / "fake.log")
+    return fake, fake.wait_for_log(r"listening on (http://\S+)", timeout=30).group(1)
+
+
 def json_bytes(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
@@ -510,12 +519,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> str:
         f"upstream and redis-server on CPU {LOAD_CPU}"
     )
 
-    fake = ManagedProcess(
-        "fake-anthropic",
-        [str(KUBEAGENTS), "fake-anthropic", "--port", "0", "--max-recorded", "0"],
-        workdir / "fake.log",
-    )
-    fake_url = fake.wait_for_log(r"listening on (http://\S+)", timeout=30).group(1)
+    fake, fake_url = start_fake(workdir)
     pin(fake.pid, LOAD_CPU)
     redis_server = start_redis(workdir / "redis")
     pin(redis_server.process.pid, LOAD_CPU)

@@ -92,7 +92,14 @@ TESTS_DIR = Path(__file__).resolve().parent.parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
-from benchmarks.bench_proxy import KUBEAGENTS, Meter, cpu_seconds, pin, rss_mib, say  # noqa: E402
+from benchmarks.bench_proxy import (  # noqa: E402
+    Meter,
+    cpu_seconds,
+    pin,
+    rss_mib,
+    say,
+    start_fake,
+)
 from harness.mcp_servers import start_mcp_server  # noqa: E402
 from harness.processes import HarnessError, ManagedProcess  # noqa: E402
 from harness.proxy import start_proxy  # noqa: E402
@@ -607,12 +614,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> str:
             f" fake, redis-server, proxy, MCP server and this script on CPU {REST_CPU}"
         )
 
-    fake = ManagedProcess(
-        "fake-anthropic",
-        [str(KUBEAGENTS), "fake-anthropic", "--port", "0", "--max-recorded", "0"],
-        workdir / "fake.log",
-    )
-    fake_url = fake.wait_for_log(r"listening on (http://\S+)", timeout=30).group(1)
+    fake, fake_url = start_fake(workdir)
     control = FakeAnthropicControl(fake_url)
     control.set_default(Reply.with_text("done"))
     redis_server = start_redis(workdir / "redis")
