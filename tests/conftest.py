@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import sys
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +27,7 @@ import redis
 
 from harness.binaries import tool, tools_dir
 from harness.controlplane import ControlPlane, start_control_plane
+from harness.fake_anthropic import start_fake_anthropic
 from harness.processes import HarnessError, ManagedProcess
 from harness.proxy import ProxyProcess, StartProxy, start_proxy
 from harness.redis_servers import (
@@ -40,7 +40,6 @@ from kubeagents.fake_anthropic import FakeAnthropicControl
 
 T = TypeVar("T")
 LOG_OFFSETS = pytest.StashKey[dict[int, int]]()
-KUBEAGENTS = Path(sys.executable).parent / "kubeagents"
 
 
 def start_or_fail(start: Callable[[], T]) -> T:
@@ -171,24 +170,13 @@ def namespace(cluster: ControlPlane, request: pytest.FixtureRequest) -> Iterator
 # --- the fake Anthropic API ----------------------------------------------------------------
 
 
-def _start_fake_anthropic(log_dir: Path) -> tuple[ManagedProcess, str]:
-    process = ManagedProcess(
-        "fake-anthropic",
-        [str(KUBEAGENTS), "fake-anthropic", "--port", "0"],
-        log_dir / "fake-anthropic.log",
-    )
-    match = process.wait_for_log(r"listening on (http://\S+)", timeout=30)
-    return process, match.group(1)
-
-
 @pytest.fixture(scope="session")
 def fake_anthropic_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[FakeAnthropicControl]:
-    process, base_url = start_or_fail(
-        lambda: _start_fake_anthropic(tmp_path_factory.mktemp("fake-anthropic"))
+    process, control = start_or_fail(
+        lambda: start_fake_anthropic(tmp_path_factory.mktemp("fake-anthropic"))
     )
-    control = FakeAnthropicControl(base_url)
     yield control
     control.close()
     process.stop()

@@ -1,10 +1,13 @@
 """A faithful fake of the Anthropic Messages API, served on loopback for tests, benchmarks and
 local mode.
 
-- `script`: what a test programs (`Reply`, `ErrorReply`, `StreamError`, content blocks).
+- `script`: what a test programs (`Reply`, `ErrorReply`, `Drop`, `StreamError`,
+  `ServerToolUse`, content blocks).
 - `control`: `FakeAnthropicControl`, the HTTP client of the `/_fake/*` control API.
 - `recording`: `RecordedRequest`, what the fake remembers of each `/v1/*` request.
+- `billing`: what the provider bills (`BilledUsage` per request, the summed `Bill`).
 - `tokens`: the deterministic token estimate.
+- `compression`: gzip (br) of `/v1/*` responses, like a CDN.
 - `events`, `validation`, `catalog`, `state`, `server`: the server's parts
   (`server.create_app(settings, state)`).
 - `settings`: `FakeAnthropicSettings`; `command`: `serve_fake_anthropic`, behind
@@ -13,11 +16,14 @@ local mode.
 
 from typing import TYPE_CHECKING
 
+from kubeagents.fake_anthropic.billing import Bill, BilledUsage
 from kubeagents.fake_anthropic.recording import RecordedRequest
 from kubeagents.fake_anthropic.script import (
+    Drop,
     ErrorReply,
     Reply,
     ScriptEntry,
+    ServerToolUse,
     StreamError,
     TextBlock,
     ToolUseBlock,
@@ -40,12 +46,16 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "Bill",
+    "BilledUsage",
+    "Drop",
     "ErrorReply",
     "FakeAnthropicControl",
     "FakeAnthropicControlError",
     "RecordedRequest",
     "Reply",
     "ScriptEntry",
+    "ServerToolUse",
     "StreamError",
     "TextBlock",
     "ToolUseBlock",

@@ -6,8 +6,8 @@ bodies are JSON. Bad input is answered with 400 and
 no state (a script with one bad entry enqueues nothing).
 
 - `GET    /_fake/health`            -> `{"status": "ok"}`
-- `POST   /_fake/reset`             forget the script and the records; the default reply is the
-                                    server's again -> `{"reset": true}`
+- `POST   /_fake/reset`             forget the script, the records and the bill; the default
+                                    reply is the server's again -> `{"reset": true}`
 - `POST   /_fake/script`            body `{"replies": [entry, ...]}` (at least one): append to the
                                     FIFO script -> `{"queued": <entries now queued>}`
 - `GET    /_fake/script`            -> `{"queued": [{"entry": entry, "remaining": n}, ...],
@@ -16,10 +16,18 @@ no state (a script with one bad entry enqueues nothing).
                                     empty (its `times` is ignored) -> `{"default": entry}`
 - `GET    /_fake/requests?since=N`  -> `{"requests": [record, ...]}`, every request received on
                                     `/v1/*` since the last reset, in arrival order, from index N
-- `DELETE /_fake/requests`          forget the records only -> `{"cleared": true}`
+- `DELETE /_fake/requests`          forget the records and the bill, not the script
+                                    -> `{"cleared": true}`
+- `GET    /_fake/bill`              -> `{"requests": <billed requests>, "input_tokens": sum,
+                                    "output_tokens": sum, "cache_creation_input_tokens": sum,
+                                    "cache_read_input_tokens": sum, "web_search_requests": sum,
+                                    "web_fetch_requests": sum, "total_tokens": input + output +
+                                    cache creation + cache read}`: what the provider billed
+                                    since the last reset (see `billing.py`)
 
-An entry is a `Reply` or an `ErrorReply` as JSON (see `script.py`), told apart by `"kind"`
-(`"reply"` or `"error"`). A record is a `RecordedRequest` (see `recording.py`).
+An entry is a `Reply`, an `ErrorReply` or a `Drop` as JSON (see `script.py`), told apart by
+`"kind"` (`"reply"`, `"error"` or `"drop"`). A record is a `RecordedRequest` (see
+`recording.py`), with what the request was billed in `billed`.
 """
 
 from __future__ import annotations
@@ -31,10 +39,11 @@ from typing import Any, Self
 
 import httpx
 
+from kubeagents.fake_anthropic.billing import Bill
 from kubeagents.fake_anthropic.recording import RecordedRequest
-from kubeagents.fake_anthropic.script import ErrorReply, Reply
+from kubeagents.fake_anthropic.script import Drop, ErrorReply, Reply
 
-Entry = Reply | ErrorReply | Mapping[str, Any]
+Entry = Reply | ErrorReply | Drop | Mapping[str, Any]
 
 
 class FakeAnthropicControlError(RuntimeError):
@@ -47,7 +56,7 @@ class FakeAnthropicControlError(RuntimeError):
 
 
 def _entry_json(entry: Entry) -> Any:
-    if isinstance(entry, Reply | ErrorReply):
+    if isinstance(entry, Reply | ErrorReply | Drop):
         return entry.model_dump(mode="json")
     return dict(entry)
 
@@ -77,12 +86,12 @@ class FakeAnthropicControl:
         self._call("POST", "/_fake/reset")
 
     def enqueue(self, *replies: Entry) -> int:
-        """Append replies (or errors) to the FIFO script; returns how many are queued now."""
+        """Append replies (errors, drops) to the FIFO script; returns how many are queued now."""
         payload = {"replies": [_entry_json(reply) for reply in replies]}
         return int(self._call("POST", "/_fake/script", json=payload)["queued"])
 
     def set_default(self, reply: Entry) -> None:
-        """The reply (or error) used for every request when the script is empty."""
+        """The reply (error, drop) used for every request when the script is empty."""
         self._call("PUT", "/_fake/default", json={"reply": _entry_json(reply)})
 
     def script(self) -> dict[str, Any]:
@@ -96,7 +105,12 @@ class FakeAnthropicControl:
         return [RecordedRequest.model_validate(record) for record in records]
 
     def clear_requests(self) -> None:
+        """Forget the recorded requests and the bill (the script stays)."""
         self._call("DELETE", "/_fake/requests")
+
+    def bill(self) -> Bill:
+        """What the fake billed since the last reset, summed (see `billing.py`)."""
+        return Bill.model_validate(self._call("GET", "/_fake/bill"))
 
     def wait_for_requests(
         self, count: int, *, timeout: float = 10.0, finished: bool = True

@@ -13,6 +13,15 @@ The stream has Anthropic's order:
     message_stop
 
 (with no content block, the ping follows message_start).
+
+Usage, like the real API: the Message's `usage` (and message_start's) has the input, output and
+cache counts, `cache_creation`, `service_tier`, `inference_geo` (the request's, else
+"not_available") and `speed` (the request's, else "standard"); message_delta's has the
+cumulative input, cache and output counts. With `server_tool_use` scripted, the Message's usage
+and message_delta's carry the totals, and message_start's reports 0 of each (nothing was used
+yet). `server_tool_input_tokens` are input the upstream's tool loop added: they are in the
+Message's input_tokens and message_delta's cumulative input_tokens, never in message_start's.
+With `omit_usage`, the Message, message_start and message_delta carry no `usage` at all.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import string
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from kubeagents.fake_anthropic.script import Reply, TextBlock, ToolUseBlock
+from kubeagents.fake_anthropic.script import Reply, ServerToolUse, TextBlock, ToolUseBlock
 from kubeagents.fake_anthropic.tokens import (
     text_tokens,
     tool_input_json,
@@ -204,6 +213,17 @@ class ReplyPlan:
     blocks: tuple[PlannedBlock, ...]
     latency: float  # seconds before the first byte
     event_delay: float  # seconds before each stream event after the first
+    server_tool_use: dict[str, int] | None  # the usage's totals; None: no server_tool_use key
+    server_tool_use_at_start: dict[str, int] | None  # message_start's (0 of each)
+
+
+def _server_tool_use_json(uses: ServerToolUse | None) -> dict[str, int] | None:
+    if uses is None:
+        return None
+    return {
+        "web_search_requests": uses.web_search_requests,
+        "web_fetch_requests": uses.web_fetch_requests,
+    }
 
 
 def compile_reply(
@@ -220,20 +240,32 @@ def compile_reply(
     )
     latency = reply.latency_ms if reply.latency_ms is not None else latency_ms
     delay = reply.event_delay_ms if reply.event_delay_ms is not None else event_delay_ms
-    return ReplyPlan(reply=reply, blocks=blocks, latency=latency / 1000, event_delay=delay / 1000)
+    uses = reply.server_tool_use
+    return ReplyPlan(
+        reply=reply,
+        blocks=blocks,
+        latency=latency / 1000,
+        event_delay=delay / 1000,
+        server_tool_use=_server_tool_use_json(uses),
+        server_tool_use_at_start=None if uses is None else _server_tool_use_json(ServerToolUse()),
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What one request gets: the blocks after stop sequences and max_tokens, and the counts."""
 
+    plan: ReplyPlan
     blocks: tuple[PlannedBlock, ...]
     stop_reason: str
     stop_sequence: str | None
-    input_tokens: int
+    input_tokens: int  # the estimate or override: what the body alone costs
+    total_input_tokens: int  # plus the server tools' input: what is reported in the end
     output_tokens: int
     cache_creation_input_tokens: int
     cache_read_input_tokens: int
+    speed: str | None  # as requested
+    inference_geo: str | None  # as requested
 
 
 def _apply_stop_sequences(
@@ -277,8 +309,10 @@ def decide(
     input_tokens: int,
     max_tokens: int,
     stop_sequences: list[str] | None,
+    speed: str | None = None,
+    inference_geo: str | None = None,
 ) -> Outcome:
-    """Apply the request's stop sequences and max_tokens to the planned reply."""
+    """Apply the request's stop sequences and max_tokens (and echo its options) to the plan."""
     reply = plan.reply
     blocks = plan.blocks
     stop_reason: str | None = None
@@ -304,19 +338,29 @@ def decide(
             stop_reason = "end_turn"
         stop_sequence = reply.stop_sequence if stop_reason == "stop_sequence" else None
     return Outcome(
+        plan=plan,
         blocks=blocks,
         stop_reason=stop_reason,
         stop_sequence=stop_sequence,
         input_tokens=input_tokens,
+        total_input_tokens=input_tokens + reply.server_tool_input_tokens,
         output_tokens=output_tokens,
         cache_creation_input_tokens=reply.cache_creation_input_tokens,
         cache_read_input_tokens=reply.cache_read_input_tokens,
+        speed=speed,
+        inference_geo=inference_geo,
     )
 
 
-def _usage(outcome: Outcome, output_tokens: int) -> dict[str, Any]:
-    return {
-        "input_tokens": outcome.input_tokens,
+def _usage(
+    outcome: Outcome,
+    *,
+    input_tokens: int,
+    output_tokens: int,
+    server_tool_use: dict[str, int] | None,
+) -> dict[str, Any]:
+    usage: dict[str, Any] = {
+        "input_tokens": input_tokens,
         "cache_creation_input_tokens": outcome.cache_creation_input_tokens,
         "cache_read_input_tokens": outcome.cache_read_input_tokens,
         "cache_creation": {
@@ -324,9 +368,15 @@ def _usage(outcome: Outcome, output_tokens: int) -> dict[str, Any]:
             "ephemeral_1h_input_tokens": 0,
         },
         "output_tokens": output_tokens,
-        "service_tier": "standard",
-        "inference_geo": "not_available",
     }
+    if server_tool_use is not None:
+        usage["server_tool_use"] = server_tool_use
+    usage["service_tier"] = "standard"
+    usage["inference_geo"] = (
+        "not_available" if outcome.inference_geo is None else outcome.inference_geo
+    )
+    usage["speed"] = "standard" if outcome.speed is None else outcome.speed
+    return usage
 
 
 def tool_ids(outcome: Outcome, ids: IdFactory) -> list[str | None]:
@@ -341,7 +391,7 @@ def message_body(
     outcome: Outcome, *, message_id: str, model: str, block_ids: list[str | None]
 ) -> bytes:
     """The JSON body of a non-streaming reply."""
-    message = {
+    message: dict[str, Any] = {
         "id": message_id,
         "type": "message",
         "role": "assistant",
@@ -353,8 +403,14 @@ def message_body(
         "stop_reason": outcome.stop_reason,
         "stop_sequence": outcome.stop_sequence,
         "stop_details": None,
-        "usage": _usage(outcome, outcome.output_tokens),
     }
+    if not outcome.plan.reply.omit_usage:
+        message["usage"] = _usage(
+            outcome,
+            input_tokens=outcome.total_input_tokens,
+            output_tokens=outcome.output_tokens,
+            server_tool_use=outcome.plan.server_tool_use,
+        )
     return _encode(message).encode()
 
 
@@ -362,22 +418,27 @@ def stream_events(
     outcome: Outcome, *, message_id: str, model: str, block_ids: list[str | None]
 ) -> list[bytes]:
     """The SSE events of a streaming reply, in Anthropic's order, each ready to write."""
-    start = {
-        "type": "message_start",
-        "message": {
-            "model": model,
-            "id": message_id,
-            "type": "message",
-            "role": "assistant",
-            "content": [],
-            "container": None,
-            "stop_reason": None,
-            "stop_sequence": None,
-            "stop_details": None,
-            "usage": _usage(outcome, min(1, outcome.output_tokens)),
-        },
+    plan = outcome.plan
+    omit_usage = plan.reply.omit_usage
+    message: dict[str, Any] = {
+        "model": model,
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "content": [],
+        "container": None,
+        "stop_reason": None,
+        "stop_sequence": None,
+        "stop_details": None,
     }
-    events = [sse_event("message_start", start)]
+    if not omit_usage:
+        message["usage"] = _usage(
+            outcome,
+            input_tokens=outcome.input_tokens,
+            output_tokens=min(1, outcome.output_tokens),
+            server_tool_use=plan.server_tool_use_at_start,
+        )
+    events = [sse_event("message_start", {"type": "message_start", "message": message})]
     if not outcome.blocks:
         events.append(PING)
     for position, (block, block_id) in enumerate(zip(outcome.blocks, block_ids, strict=True)):
@@ -386,7 +447,7 @@ def stream_events(
             events.append(PING)
         events.extend(block.delta_events)
         events.append(block.stop_event)
-    delta = {
+    delta: dict[str, Any] = {
         "type": "message_delta",
         "delta": {
             "stop_reason": outcome.stop_reason,
@@ -394,13 +455,17 @@ def stream_events(
             "stop_details": None,
             "container": None,
         },
-        "usage": {
-            "input_tokens": outcome.input_tokens,
+    }
+    if not omit_usage:
+        usage: dict[str, Any] = {
+            "input_tokens": outcome.total_input_tokens,
             "cache_creation_input_tokens": outcome.cache_creation_input_tokens,
             "cache_read_input_tokens": outcome.cache_read_input_tokens,
             "output_tokens": outcome.output_tokens,
-        },
-    }
+        }
+        if plan.server_tool_use is not None:
+            usage["server_tool_use"] = plan.server_tool_use
+        delta["usage"] = usage
     events.append(sse_event("message_delta", delta))
     events.append(MESSAGE_STOP)
     return events

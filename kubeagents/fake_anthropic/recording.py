@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kubeagents.fake_anthropic.billing import BilledUsage
+
 
 class RecordedRequest(BaseModel):
     """One request received on `/v1/*`, as reported by `GET /_fake/requests`."""
@@ -34,6 +36,16 @@ class RecordedRequest(BaseModel):
     disconnected: bool | None = Field(
         description="For /v1/messages: whether the client went away before the reply's end."
     )
+    dropped: bool | None = Field(
+        default=None,
+        description="For /v1/messages: whether the fake closed the connection on purpose "
+        "(a `Drop` entry); None elsewhere.",
+    )
+    billed: BilledUsage | None = Field(
+        default=None,
+        description="What the provider billed for this request (see `billing.py`); None when "
+        "nothing was billed.",
+    )
     finished: bool = Field(description="Whether the fake is done with this request.")
 
 
@@ -41,8 +53,10 @@ class RequestRecord:
     """The server-side record of one request; mutated while the reply is produced."""
 
     __slots__ = (
+        "billed",
         "body",
         "disconnected",
+        "dropped",
         "finished",
         "headers",
         "index",
@@ -73,6 +87,8 @@ class RequestRecord:
         self.status: int | None = None
         self.streamed: bool | None = None
         self.disconnected: bool | None = None
+        self.dropped: bool | None = None
+        self.billed: dict[str, Any] | None = None
         self.finished = False
 
     def as_json(self) -> dict[str, Any]:
@@ -87,5 +103,7 @@ class RequestRecord:
             "status": self.status,
             "streamed": self.streamed,
             "disconnected": self.disconnected,
+            "dropped": self.dropped,
+            "billed": self.billed,
             "finished": self.finished,
         }

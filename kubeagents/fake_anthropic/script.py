@@ -5,10 +5,18 @@ A test programs the fake with a FIFO of script entries (see `control.py`). Each 
 An entry is either
 
 - a `Reply` (`"kind": "reply"`): content blocks (text and tool calls), optional token counts,
-  stop reason, latency before the first byte, delay between stream events, and optionally an
-  `error` event injected into a stream after N events; or
+  server-tool use and the input tokens the server tools added, stop reason, latency before the
+  first byte, delay between stream events, optionally an `error` event injected into a stream
+  after N events, and the fault `omit_usage` (a 200 without usage); or
 - an `ErrorReply` (`"kind": "error"`): an HTTP error in Anthropic's error shape, with any status,
-  an optional `retry-after` header and extra headers.
+  an optional `retry-after` header and extra headers; or
+- a `Drop` (`"kind": "drop"`): the fake reads the whole request, then closes the TCP connection
+  without a response (`"after": "request"`) or right after 200 headers (`"after": "headers"`).
+
+Billing (see `billing.py`): a `Reply` answered with 200 bills its usage; an `ErrorReply` bills
+nothing unless `billed` is true, and a `Drop` bills unless `billed` is false. A billed error or
+drop bills the input estimate of the body plus `billed_output_tokens` (a 5xx or a lost
+connection after the provider has billed).
 
 Every entry has `times` (default 1): how many requests it answers before it leaves the script.
 Models reject unknown fields, so a typo is a 400 from the control API, not a silent default.
@@ -108,6 +116,13 @@ class ToolUseBlock(_Strict):
 ContentBlock = Annotated[TextBlock | ToolUseBlock, Field(discriminator="type")]
 
 
+class ServerToolUse(_Strict):
+    """How many server-tool requests (web search, web fetch) a reply reports in its usage."""
+
+    web_search_requests: int = Field(default=0, ge=0)
+    web_fetch_requests: int = Field(default=0, ge=0)
+
+
 class StreamError(_Strict):
     """An `error` event sent in a 200 stream after `after_events` events; the stream then ends.
 
@@ -150,6 +165,24 @@ class Reply(_Strict):
     )
     cache_creation_input_tokens: int = Field(default=0, ge=0)
     cache_read_input_tokens: int = Field(default=0, ge=0)
+    server_tool_use: ServerToolUse | None = Field(
+        default=None,
+        description="Server-tool requests reported in usage.server_tool_use (absent when None); "
+        "in a stream, message_start reports 0 of each and message_delta the totals.",
+    )
+    server_tool_input_tokens: int = Field(
+        default=0,
+        ge=0,
+        description="Input tokens the upstream's own tool loop added (search results, fetched "
+        "pages): added to the reported (and billed) input_tokens on top of the estimate or "
+        "override; in a stream only message_delta's cumulative input_tokens has them. "
+        "count_tokens never includes them.",
+    )
+    omit_usage: bool = Field(
+        default=False,
+        description="A fault: the message (or message_start and message_delta) carries no "
+        "usage at all. The reply is still billed.",
+    )
     latency_ms: float | None = Field(
         default=None, ge=0, description="Time to first byte; None uses the server's latency_ms."
     )
@@ -203,6 +236,14 @@ class ErrorReply(_Strict):
     latency_ms: float | None = Field(
         default=None, ge=0, description="Time to first byte; None uses the server's latency_ms."
     )
+    billed: bool = Field(
+        default=False,
+        description="Whether the provider billed the request before failing (a 5xx after "
+        "billing): the input estimate of the body plus billed_output_tokens.",
+    )
+    billed_output_tokens: int = Field(
+        default=0, ge=0, description="Output tokens billed when `billed` (ignored otherwise)."
+    )
     times: int = Field(default=1, ge=1, description="How many requests this entry answers.")
 
     @property
@@ -216,7 +257,34 @@ class ErrorReply(_Strict):
         return default_error_message(self.resolved_type)
 
 
-ScriptEntry = Annotated[Reply | ErrorReply, Field(discriminator="kind")]
+class Drop(_Strict):
+    """A lost connection: the fake reads the whole request, waits `latency_ms`, then closes TCP.
 
-SCRIPT_ENTRY: TypeAdapter[Reply | ErrorReply] = TypeAdapter(ScriptEntry)
-SCRIPT_ENTRIES: TypeAdapter[list[Reply | ErrorReply]] = TypeAdapter(list[ScriptEntry])
+    `after="request"`: no response byte at all (a client sees the server disconnect);
+    `after="headers"`: 200 headers of the reply the request asked for (SSE or JSON, chunked),
+    then no body (a client sees an incomplete body). Never an HTTP status to the client.
+    """
+
+    kind: Literal["drop"] = "drop"
+    after: Literal["request", "headers"] = Field(
+        default="request", description="Close before any response byte, or after the headers."
+    )
+    billed: bool = Field(
+        default=True,
+        description="Whether the provider billed the request: the input estimate of the body "
+        "plus billed_output_tokens.",
+    )
+    billed_output_tokens: int = Field(
+        default=0, ge=0, description="Output tokens billed when `billed` (ignored otherwise)."
+    )
+    latency_ms: float | None = Field(
+        default=None, ge=0, description="Time before the drop; None uses the server's latency_ms."
+    )
+    times: int = Field(default=1, ge=1, description="How many requests this entry answers.")
+
+
+AnyEntry = Reply | ErrorReply | Drop
+ScriptEntry = Annotated[AnyEntry, Field(discriminator="kind")]
+
+SCRIPT_ENTRY: TypeAdapter[AnyEntry] = TypeAdapter(ScriptEntry)
+SCRIPT_ENTRIES: TypeAdapter[list[AnyEntry]] = TypeAdapter(list[ScriptEntry])

@@ -4,10 +4,18 @@ API endpoints (all need an API key and the `anthropic-version` header, like the 
 
 - `POST /v1/messages`: a Message, or an SSE stream with `"stream": true`; answered from the
   script (see `script.py`), after validation.
-- `POST /v1/messages/count_tokens`: `{"input_tokens": N}`, the N a message call with the same body
-  would report; this honours an `input_tokens` override of the script's next entry (peeked,
-  never consumed; error entries are ignored).
+- `POST /v1/messages/count_tokens`: `{"input_tokens": N}`, the N the body costs (what a message
+  call with the same body reports, less any scripted `server_tool_input_tokens`); this honours
+  an `input_tokens` override of the script's next entry (peeked, never consumed; error and drop
+  entries are ignored).
 - `GET /v1/models`, `GET /v1/models/{id}`: the catalogue in `catalog.py`.
+
+Every `/v1/*` response is compressed as `compression.py` says (setting `compression`).
+
+A `Drop` script entry answers `POST /v1/messages` with a closed connection: after the whole
+request was read and the entry's latency, the transport is closed before any response byte
+(`after="request"`) or right after 200 headers (`after="headers"`); the record says `dropped`.
+What each request bills is recorded as `billing.py` says.
 
 Checks, in order: a body over 32 MiB -> 413 `request_too_large`; no `x-api-key` and no
 `authorization: Bearer` -> 401; a key other than `api_key` (when set) -> 401; missing or unknown
@@ -28,7 +36,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kubeagents.fake_anthropic.billing import bill_of_outcome, billed_usage
 from kubeagents.fake_anthropic.catalog import MODEL_INFO_BY_ID, is_known_model, list_models
+from kubeagents.fake_anthropic.compression import VARY, Coding, Compression, StreamEncoder
 from kubeagents.fake_anthropic.events import (
     ReplyPlan,
     decide,
@@ -44,7 +54,7 @@ from kubeagents.fake_anthropic.script import (
     default_error_message,
     status_for_error_type,
 )
-from kubeagents.fake_anthropic.state import ErrorPlan, FakeState
+from kubeagents.fake_anthropic.state import DropPlan, FakeState
 from kubeagents.fake_anthropic.tokens import estimate_input_tokens
 from kubeagents.fake_anthropic.validation import check_messages_body, check_version
 
@@ -78,11 +88,39 @@ class _Api:
         self.state = state
         self.api_key = settings.api_key
         self.ids = state.ids
+        self.compression = Compression.of_mode(settings.compression)
 
     # --- helpers ------------------------------------------------------------------------------
 
+    def _negotiate(self, request: web.Request, headers: dict[str, str]) -> Coding | None:
+        """The response's coding; adds `vary` (and `content-encoding`) to `headers`."""
+        compression = self.compression
+        if compression is None:
+            return None
+        headers["vary"] = VARY
+        coding = compression.choose(request.headers.get("accept-encoding"))
+        if coding is not None:
+            headers["content-encoding"] = coding.name
+        return coding
+
+    def _respond(
+        self,
+        request: web.Request,
+        record: RequestRecord,
+        status: int,
+        body: bytes,
+        headers: dict[str, str],
+    ) -> web.Response:
+        record.status = status
+        if self.compression is not None:
+            coding = self._negotiate(request, headers)
+            if coding is not None:
+                body = coding.whole(body)
+        return web.Response(status=status, body=body, headers=headers)
+
     def _error(
         self,
+        request: web.Request,
         record: RequestRecord,
         status: int,
         error_type: str,
@@ -93,18 +131,12 @@ class _Api:
         headers = {"content-type": JSON_TYPE, "request-id": request_id}
         if extra_headers:
             headers.update(extra_headers)
-        record.status = status
-        return web.Response(
-            status=status, body=error_body(error_type, message, request_id), headers=headers
-        )
+        body = error_body(error_type, message, request_id)
+        return self._respond(request, record, status, body, headers)
 
-    def _ok(self, record: RequestRecord, body: bytes) -> web.Response:
-        record.status = 200
-        return web.Response(
-            status=200,
-            body=body,
-            headers={"content-type": JSON_TYPE, "request-id": self.ids.request_id()},
-        )
+    def _ok(self, request: web.Request, record: RequestRecord, body: bytes) -> web.Response:
+        headers = {"content-type": JSON_TYPE, "request-id": self.ids.request_id()}
+        return self._respond(request, record, 200, body, headers)
 
     def _auth_problem(self, request: web.Request) -> str | None:
         key = request.headers.get("x-api-key")
@@ -130,12 +162,13 @@ class _Api:
             request.method, request.path, request.query_string, headers, time.time()
         )
         if request.path == MESSAGES_PATH:
-            record.streamed = record.disconnected = False
+            record.streamed = record.disconnected = record.dropped = False
         try:
             return await self._dispatch(request, record)
         except asyncio.CancelledError:
-            # The client went away (aiohttp cancels the handler when the connection is lost).
-            if record.disconnected is not None:
+            # The client went away (aiohttp cancels the handler when the connection is lost),
+            # unless the fake closed the connection itself (a Drop).
+            if record.disconnected is not None and not record.dropped:
                 record.disconnected = True
             raise
         finally:
@@ -148,6 +181,7 @@ class _Api:
                 raw = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 return self._error(
+                    request,
                     record,
                     413,
                     "request_too_large",
@@ -166,41 +200,49 @@ class _Api:
             record.streamed = isinstance(parsed, dict) and parsed.get("stream") is True
         problem = self._auth_problem(request)
         if problem is not None:
-            return self._error(record, 401, "authentication_error", problem)
+            return self._error(request, record, 401, "authentication_error", problem)
         problem = check_version(request.headers.get("anthropic-version"))
         if problem is not None:
-            return self._error(record, 400, "invalid_request_error", problem)
+            return self._error(request, record, 400, "invalid_request_error", problem)
         method = request.method
         if is_messages or path == COUNT_TOKENS_PATH:
             if method != "POST":
-                return self._error(record, 405, "invalid_request_error", "Method Not Allowed")
+                return self._error(
+                    request, record, 405, "invalid_request_error", "Method Not Allowed"
+                )
             if parsed is _NOT_PARSED or isinstance(parsed, ValueError):
                 detail = "the body is empty" if parsed is _NOT_PARSED else str(parsed)
                 return self._error(
-                    record, 400, "invalid_request_error", f"body: not valid JSON ({detail})"
+                    request,
+                    record,
+                    400,
+                    "invalid_request_error",
+                    f"body: not valid JSON ({detail})",
                 )
             if is_messages:
                 return await self._messages(request, record, parsed)
-            return self._count_tokens(record, parsed)
+            return self._count_tokens(request, record, parsed)
         if path == MODELS_PATH or path.startswith(MODELS_PREFIX):
             if method != "GET":
-                return self._error(record, 405, "invalid_request_error", "Method Not Allowed")
+                return self._error(
+                    request, record, 405, "invalid_request_error", "Method Not Allowed"
+                )
             return self._models(request, record)
-        return self._error(record, 404, "not_found_error", "Not Found")
+        return self._error(request, record, 404, "not_found_error", "Not Found")
 
     # --- endpoints ----------------------------------------------------------------------------
 
-    def _count_tokens(self, record: RequestRecord, body: Any) -> web.Response:
+    def _count_tokens(self, request: web.Request, record: RequestRecord, body: Any) -> web.Response:
         problem = check_messages_body(body, count_tokens=True)
         if problem is not None:
-            return self._error(record, 400, "invalid_request_error", problem)
+            return self._error(request, record, 400, "invalid_request_error", problem)
         model = body["model"]
         if not is_known_model(model):
-            return self._error(record, 404, "not_found_error", f"model: {model}")
+            return self._error(request, record, 404, "not_found_error", f"model: {model}")
         plan = self.state.peek()
         override = plan.reply.input_tokens if isinstance(plan, ReplyPlan) else None
         tokens = override if override is not None else estimate_input_tokens(body)
-        return self._ok(record, b'{"input_tokens":%d}' % tokens)
+        return self._ok(request, record, b'{"input_tokens":%d}' % tokens)
 
     def _models(self, request: web.Request, record: RequestRecord) -> web.Response:
         path = request.path
@@ -208,8 +250,8 @@ class _Api:
             model_id = path[len(MODELS_PREFIX) :]
             info = MODEL_INFO_BY_ID.get(model_id)
             if info is None:
-                return self._error(record, 404, "not_found_error", f"model: {model_id}")
-            return self._ok(record, json.dumps(info).encode())
+                return self._error(request, record, 404, "not_found_error", f"model: {model_id}")
+            return self._ok(request, record, json.dumps(info).encode())
         query = request.query
         raw_limit = query.get("limit", "20")
         try:
@@ -218,6 +260,7 @@ class _Api:
             limit = 0
         if not 1 <= limit <= 1000:
             return self._error(
+                request,
                 record,
                 400,
                 "invalid_request_error",
@@ -226,23 +269,37 @@ class _Api:
         page = list_models(
             limit=limit, after_id=query.get("after_id"), before_id=query.get("before_id")
         )
-        return self._ok(record, json.dumps(page).encode())
+        return self._ok(request, record, json.dumps(page).encode())
 
     async def _messages(
         self, request: web.Request, record: RequestRecord, body: Any
     ) -> web.StreamResponse:
         problem = check_messages_body(body, count_tokens=False)
         if problem is not None:
-            return self._error(record, 400, "invalid_request_error", problem)
+            return self._error(request, record, 400, "invalid_request_error", problem)
         model: str = body["model"]
         if not is_known_model(model):
-            return self._error(record, 404, "not_found_error", f"model: {model}")
+            return self._error(request, record, 404, "not_found_error", f"model: {model}")
         stream = body.get("stream") is True
+        speed: str | None = body.get("speed")
+        inference_geo: str | None = body.get("inference_geo")
         plan = self.state.take()
-        if isinstance(plan, ErrorPlan):
+        if not isinstance(plan, ReplyPlan):
+            if plan.billed:
+                usage = billed_usage(
+                    input_tokens=estimate_input_tokens(body),
+                    output_tokens=plan.billed_output_tokens,
+                    speed=speed,
+                    inference_geo=inference_geo,
+                )
+                self.state.charge(record, usage)
             if plan.latency > 0:
                 await asyncio.sleep(plan.latency)
-            return self._error(record, plan.status, plan.error_type, plan.message, plan.headers)
+            if isinstance(plan, DropPlan):
+                return await self._drop(request, record, plan, stream=stream)
+            return self._error(
+                request, record, plan.status, plan.error_type, plan.message, plan.headers
+            )
         reply = plan.reply
         input_tokens = (
             reply.input_tokens if reply.input_tokens is not None else estimate_input_tokens(body)
@@ -252,16 +309,22 @@ class _Api:
             input_tokens=input_tokens,
             max_tokens=body["max_tokens"],
             stop_sequences=body.get("stop_sequences"),
+            speed=speed,
+            inference_geo=inference_geo,
         )
+        stream_error = reply.stream_error
+        if stream or stream_error is None:
+            # Answered with 200: billed in full now, whether or not the client stays to the end.
+            self.state.charge(record, bill_of_outcome(outcome))
         if plan.latency > 0:
             await asyncio.sleep(plan.latency)
         message_id = self.ids.message_id()
         block_ids = tool_ids(outcome, self.ids)
-        stream_error = reply.stream_error
         if not stream:
             if stream_error is not None:
                 error_type = stream_error.error_type
                 return self._error(
+                    request,
                     record,
                     status_for_error_type(error_type),
                     error_type,
@@ -270,7 +333,7 @@ class _Api:
             body_bytes = message_body(
                 outcome, message_id=message_id, model=model, block_ids=block_ids
             )
-            return self._ok(record, body_bytes)
+            return self._ok(request, record, body_bytes)
 
         events = stream_events(outcome, message_id=message_id, model=model, block_ids=block_ids)
         request_id = self.ids.request_id()
@@ -279,26 +342,61 @@ class _Api:
             error_type = stream_error.error_type
             message = stream_error.message or default_error_message(error_type)
             events = [*events[:sent], error_event(error_type, message, request_id)]
-        response = web.StreamResponse(
-            status=200,
-            headers={
-                "content-type": SSE_TYPE,
-                "cache-control": "no-cache",
-                "request-id": request_id,
-            },
-        )
+        headers = {"content-type": SSE_TYPE, "cache-control": "no-cache", "request-id": request_id}
+        coding = self._negotiate(request, headers)
+        response = web.StreamResponse(status=200, headers=headers)
         record.status = 200
-        delay = plan.event_delay
         try:
             await response.prepare(request)
-            for position, event in enumerate(events):
-                if delay > 0 and position:
-                    await asyncio.sleep(delay)
-                await response.write(event)
+            if coding is None:
+                await _write_events(response, events, plan.event_delay)
+            else:
+                await _write_events_encoded(response, events, plan.event_delay, coding.stream())
             await response.write_eof()
         except ConnectionResetError:
             record.disconnected = True
         return response
+
+    async def _drop(
+        self, request: web.Request, record: RequestRecord, plan: DropPlan, *, stream: bool
+    ) -> web.StreamResponse:
+        """Close the connection (after 200 headers when the plan says so): no HTTP answer."""
+        record.dropped = True
+        transport = request.transport
+        if plan.after == "headers" and transport is not None and not transport.is_closing():
+            headers = {"content-type": SSE_TYPE if stream else JSON_TYPE}
+            if stream:
+                headers["cache-control"] = "no-cache"
+            headers["request-id"] = self.ids.request_id()
+            self._negotiate(request, headers)
+            response = web.StreamResponse(status=200, headers=headers)
+            record.status = 200
+            await response.prepare(request)  # a StreamResponse sends its headers right away
+            transport.close()  # flushes the headers, then closes: the body never comes
+            return response
+        if transport is not None:
+            transport.close()
+        # Never sent: aiohttp's attempt to write it fails on the closed transport, quietly.
+        return web.Response(status=200)
+
+
+async def _write_events(response: web.StreamResponse, events: list[bytes], delay: float) -> None:
+    for position, event in enumerate(events):
+        if delay > 0 and position:
+            await asyncio.sleep(delay)
+        await response.write(event)
+
+
+async def _write_events_encoded(
+    response: web.StreamResponse, events: list[bytes], delay: float, encoder: StreamEncoder
+) -> None:
+    """Each event compressed and flushed on its own, so the client can decode it on arrival."""
+    chunk = encoder.chunk
+    for position, event in enumerate(events):
+        if delay > 0 and position:
+            await asyncio.sleep(delay)
+        await response.write(chunk(event))
+    await response.write(encoder.finish())
 
 
 # --- control API ----------------------------------------------------------------------------
@@ -388,6 +486,9 @@ class _Control:
         self.state.clear_records()
         return _json_response(200, {"cleared": True})
 
+    async def bill(self, request: web.Request) -> web.Response:
+        return _json_response(200, self.state.bill.as_json())
+
 
 def create_app(settings: FakeAnthropicSettings, state: FakeState) -> web.Application:
     """The fake's aiohttp application, serving `state` (no globals)."""
@@ -403,5 +504,6 @@ def create_app(settings: FakeAnthropicSettings, state: FakeState) -> web.Applica
     router.add_put("/_fake/default", control.set_default)
     router.add_get("/_fake/requests", control.requests)
     router.add_delete("/_fake/requests", control.clear_requests)
+    router.add_get("/_fake/bill", control.bill)
     router.add_route("*", "/v1/{tail:.*}", api.handle)
     return app

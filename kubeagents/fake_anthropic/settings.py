@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kubeagents.fake_anthropic.compression import CompressionMode
+
 
 class FakeAnthropicSettings(BaseSettings):
     """Configuration of the fake Anthropic Messages API process."""
@@ -44,6 +46,12 @@ class FakeAnthropicSettings(BaseSettings):
         ge=0,
         description="How many recent requests the fake remembers for GET /_fake/requests "
         "(0 records nothing, for long benchmarks).",
+    )
+    compression: CompressionMode = Field(
+        default="auto",
+        description="Compression of /v1/* responses, like a CDN: auto (gzip, or br when "
+        "available, when Accept-Encoding allows it), off (never), always (gzip even when the "
+        "client did not offer it).",
     )
     access_log: bool = Field(
         default=False, description="Log every request to stderr (off: the hot path stays cheap)."

@@ -1,4 +1,4 @@
-"""The fake's mutable state: the script (FIFO + default entry) and the recorded requests.
+"""The fake's mutable state: the script (FIFO + default entry), the records and the bill.
 
 One `FakeState` per server, passed to `create_app`; no globals. Everything runs on the event
 loop's thread, so no locks are needed.
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from kubeagents.fake_anthropic.billing import BillTotals
 from kubeagents.fake_anthropic.events import IdFactory, ReplyPlan, compile_reply
 from kubeagents.fake_anthropic.recording import RequestRecord
-from kubeagents.fake_anthropic.script import ErrorReply, Reply
+from kubeagents.fake_anthropic.script import AnyEntry, Drop, ErrorReply, Reply
 
 if TYPE_CHECKING:
     from kubeagents.fake_anthropic.settings import FakeAnthropicSettings
@@ -28,9 +29,22 @@ class ErrorPlan:
     message: str
     headers: dict[str, str]
     latency: float  # seconds
+    billed: bool
+    billed_output_tokens: int
 
 
-Plan = ReplyPlan | ErrorPlan
+@dataclass(frozen=True, slots=True)
+class DropPlan:
+    """A compiled `Drop`: when to close the connection, what to bill, and the latency."""
+
+    entry: Drop
+    after: Literal["request", "headers"]
+    billed: bool
+    billed_output_tokens: int
+    latency: float  # seconds
+
+
+Plan = ReplyPlan | ErrorPlan | DropPlan
 
 
 def _retry_after_header(seconds: float) -> str:
@@ -40,14 +54,14 @@ def _retry_after_header(seconds: float) -> str:
 class _Slot:
     __slots__ = ("entry", "plan", "remaining")
 
-    def __init__(self, entry: Reply | ErrorReply, plan: Plan) -> None:
+    def __init__(self, entry: AnyEntry, plan: Plan) -> None:
         self.entry = entry
         self.plan = plan
         self.remaining = entry.times
 
 
 class FakeState:
-    """The script and the records of one fake server."""
+    """The script, the records and the bill of one fake server."""
 
     def __init__(self, settings: FakeAnthropicSettings) -> None:
         self.settings = settings
@@ -55,10 +69,11 @@ class FakeState:
         self._script: deque[_Slot] = deque()
         self._records: deque[RequestRecord] = deque(maxlen=settings.max_recorded)
         self._next_index = 0
+        self.bill = BillTotals()
         self._base_default = Reply()
         self._default = _Slot(self._base_default, self.compile(self._base_default))
 
-    def compile(self, entry: Reply | ErrorReply) -> Plan:
+    def compile(self, entry: AnyEntry) -> Plan:
         settings = self.settings
         if isinstance(entry, Reply):
             return compile_reply(
@@ -67,10 +82,18 @@ class FakeState:
                 latency_ms=settings.latency_ms,
                 event_delay_ms=settings.event_delay_ms,
             )
+        latency_ms = entry.latency_ms if entry.latency_ms is not None else settings.latency_ms
+        if isinstance(entry, Drop):
+            return DropPlan(
+                entry=entry,
+                after=entry.after,
+                billed=entry.billed,
+                billed_output_tokens=entry.billed_output_tokens,
+                latency=latency_ms / 1000,
+            )
         headers = {name.lower(): value for name, value in entry.headers.items()}
         if entry.retry_after is not None:
             headers["retry-after"] = _retry_after_header(entry.retry_after)
-        latency_ms = entry.latency_ms if entry.latency_ms is not None else settings.latency_ms
         return ErrorPlan(
             entry=entry,
             status=entry.status,
@@ -78,17 +101,19 @@ class FakeState:
             message=entry.resolved_message,
             headers=headers,
             latency=latency_ms / 1000,
+            billed=entry.billed,
+            billed_output_tokens=entry.billed_output_tokens,
         )
 
     # --- the script ---------------------------------------------------------------------------
 
-    def enqueue(self, entries: list[Reply | ErrorReply]) -> int:
+    def enqueue(self, entries: list[AnyEntry]) -> int:
         """Append entries to the script; returns how many entries are queued now."""
         slots = [_Slot(entry, self.compile(entry)) for entry in entries]
         self._script.extend(slots)
         return len(self._script)
 
-    def set_default(self, entry: Reply | ErrorReply) -> None:
+    def set_default(self, entry: AnyEntry) -> None:
         self._default = _Slot(entry, self.compile(entry))
 
     def take(self) -> Plan:
@@ -129,11 +154,20 @@ class FakeState:
         return [record.as_json() for record in self._records if record.index >= since]
 
     def clear_records(self) -> None:
+        """Forget the records and the bill (the bill is the sum over the records)."""
         self._records.clear()
         self._next_index = 0
+        self.bill.clear()
+
+    # --- the bill -----------------------------------------------------------------------------
+
+    def charge(self, record: RequestRecord, usage: dict[str, Any]) -> None:
+        """Bill `usage` for the request of `record` (see `billing.py`)."""
+        record.billed = usage
+        self.bill.add(usage)
 
     def reset(self) -> None:
-        """Forget the script and the records; the default reply is the server's again."""
+        """Forget the script, the records and the bill; the default reply is the server's again."""
         self._script.clear()
         self._default = _Slot(self._base_default, self.compile(self._base_default))
         self.clear_records()

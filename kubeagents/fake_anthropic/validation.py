@@ -54,6 +54,10 @@ def check_messages_body(body: Any, *, count_tokens: bool) -> str | None:
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         return "tools: Input should be a valid list"
+    for option in ("speed", "inference_geo"):
+        value = body.get(option)
+        if value is not None and not isinstance(value, str):
+            return f"{option}: Input should be a valid string"
     stop_sequences = body.get("stop_sequences")
     if stop_sequences is not None:
         if not isinstance(stop_sequences, list):

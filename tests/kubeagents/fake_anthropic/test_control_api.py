@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from kubeagents.fake_anthropic import (
+    Drop,
     ErrorReply,
     FakeAnthropicControl,
     FakeAnthropicControlError,
@@ -63,6 +64,42 @@ def test_reset_forgets_script_records_and_default(
     assert fake_anthropic.requests()[0].index == 0
 
 
+def test_script_lists_drops_and_billed_errors_with_all_their_fields(
+    fake_anthropic: FakeAnthropicControl,
+) -> None:
+    fake_anthropic.enqueue(
+        Drop(after="headers", billed_output_tokens=3, times=2),
+        ErrorReply(status=503, billed=True, billed_output_tokens=9),
+    )
+    drop, error = (item["entry"] for item in fake_anthropic.script()["queued"])
+    assert drop == {
+        "kind": "drop",
+        "after": "headers",
+        "billed": True,
+        "billed_output_tokens": 3,
+        "latency_ms": None,
+        "times": 2,
+    }
+    assert (error["kind"], error["billed"], error["billed_output_tokens"]) == ("error", True, 9)
+
+
+def test_bill_answers_the_sums_with_every_field(
+    http: httpx.Client, fake_anthropic: FakeAnthropicControl
+) -> None:
+    fake_anthropic.enqueue(Reply.with_text("a", input_tokens=10, output_tokens=2))
+    http.post("/v1/messages", headers=HEADERS, json=BODY)
+    assert http.get("/_fake/bill").json() == {
+        "requests": 1,
+        "input_tokens": 10,
+        "output_tokens": 2,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "web_search_requests": 0,
+        "web_fetch_requests": 0,
+        "total_tokens": 12,
+    }
+
+
 def test_clear_requests_keeps_the_script(
     http: httpx.Client, fake_anthropic: FakeAnthropicControl
 ) -> None:
@@ -89,6 +126,23 @@ def test_clear_requests_keeps_the_script(
         ([{"kind": "reply", "output_tokens": -1}], "replies.0.reply.output_tokens"),
         ([{"kind": "reply", "times": 0}], "replies.0.reply.times"),
         ([{"kind": "reply", "latency": 5}], "replies.0.reply.latency"),
+        ([{"kind": "drop", "after": "body"}], "replies.0.drop.after"),
+        ([{"kind": "drop", "billed_output_tokens": -1}], "replies.0.drop.billed_output_tokens"),
+        ([{"kind": "drop", "status": 500}], "replies.0.drop.status"),
+        ([{"kind": "error", "status": 500, "billed": "maybe"}], "replies.0.error.billed"),
+        (
+            [{"kind": "reply", "server_tool_use": {"web_search_requests": -1}}],
+            "replies.0.reply.server_tool_use.web_search_requests",
+        ),
+        (
+            [{"kind": "reply", "server_tool_use": {"searches": 1}}],
+            "replies.0.reply.server_tool_use.searches",
+        ),
+        (
+            [{"kind": "reply", "server_tool_input_tokens": -5}],
+            "replies.0.reply.server_tool_input_tokens",
+        ),
+        ([{"kind": "reply", "omit_usage": "perhaps"}], "replies.0.reply.omit_usage"),
         ([{"kind": "surprise"}], "replies.0"),
         ([], "replies"),
     ],
@@ -97,12 +151,12 @@ def test_bad_script_input_is_a_400_naming_the_field_and_changes_nothing(
     fake_anthropic: FakeAnthropicControl, entries: list[dict[str, Any]], field: str
 ) -> None:
     fake_anthropic.enqueue(Reply.with_text("before"))
-    before = fake_anthropic.script()
+    before = (fake_anthropic.script(), fake_anthropic.bill())
     with pytest.raises(FakeAnthropicControlError) as raised:
         fake_anthropic.enqueue(*entries)
     assert raised.value.status == 400
     assert raised.value.message.startswith(f"{field}: ")
-    assert fake_anthropic.script() == before
+    assert (fake_anthropic.script(), fake_anthropic.bill()) == before
 
 
 def test_bad_default_is_a_400_naming_the_field_and_keeps_the_old_default(
