@@ -29,6 +29,11 @@ last) `CLUSTER SLOTS` for the master of the agent's slot and connects there. A `
 means the command did not run: the link moves to the named node and sends it again. An `ASK`
 reply (a slot being migrated) is followed once, with `ASKING`, on a short-lived connection.
 
+A connection check (`on_connect`): a coroutine that gets a function sending commands on a new
+connection, run once per connection before any other command uses it. If it raises, the
+connection is dropped and every pending command fails with its `ConnectionError`: the proxy
+uses it to refuse a Redis that may evict the budget ledger's keys.
+
 Timeouts cost no timer per command: one watchdog per connection checks the oldest pending
 command, and only while commands are pending.
 """
@@ -40,7 +45,7 @@ import collections
 import hashlib
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
@@ -51,6 +56,8 @@ from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
 MAX_REDIRECTS = 5
 Arg = str | bytes | int | float
+SendCommand = Callable[..., Awaitable[Any]]
+ConnectionCheck = Callable[[SendCommand], Awaitable[None]]
 
 
 def encode_command(args: Sequence[Arg]) -> bytes:
@@ -243,8 +250,10 @@ class RedisLink:
         slot_key: str = "",
         connect_timeout: float = 2.0,
         command_timeout: float = 5.0,
+        on_connect: ConnectionCheck | None = None,
     ) -> None:
         self.seed = Endpoint.from_url(url)
+        self.on_connect = on_connect
         self.cluster = cluster
         self.slot = key_slot(slot_key.encode())
         self.connect_timeout = connect_timeout
@@ -307,8 +316,22 @@ class RedisLink:
             connection = self._connection
             if connection is None or connection.closed:
                 connection = await self._connect_to_slot_owner()
+                if self.on_connect is not None:
+                    await self._check(connection, self.on_connect)
                 self._connection = connection
             return connection
+
+    @staticmethod
+    async def _check(connection: _Connection, check: ConnectionCheck) -> None:
+        async def send(*args: Arg) -> Any:
+            (future,) = connection.send(encode_command(args))
+            return await future
+
+        try:
+            await check(send)
+        except BaseException:
+            connection.abort("the connection check failed")
+            raise
 
     async def _connect_to_slot_owner(self) -> _Connection:
         if self.seed.sentinels:

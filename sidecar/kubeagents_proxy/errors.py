@@ -4,7 +4,9 @@ The hierarchy (all subclasses of `ProxyRefusal`; each knows its HTTP status and 
 type, and its message names the limit and the numbers):
 
 - `InvalidRequest` (400 invalid_request_error): malformed JSON, wrong types, bad `max_tokens`.
-- `ModelNotAllowed` (403 permission_error): the model is not on the agent's allow-list.
+- `ModelNotAllowed` (403 permission_error): the model is not on the agent's allow-list, or has
+  no price under the agent's dollar budget.
+- `NotPriced` (403 permission_error): a call the proxy cannot price, under a run's dollar limit.
 - `RequestTooLarge` (413 request_too_large): body over the size limit, or an input alone over
   the per-call token cap.
 - `RateLimited` (429 rate_limit_error, with `retry-after`): budget exhausted, requests per minute,
@@ -12,7 +14,8 @@ type, and its message names the limit and the numbers):
 - `LedgerDown` (503 api_error): the budget ledger (Redis) is unreachable and the proxy fails
   closed.
 - `UpstreamTimeout` (504 timeout_error): the call's total, connect or stream-idle timeout.
-- `UpstreamUnavailable` (502 api_error): the upstream could not be reached.
+- `UpstreamUnavailable` (502 api_error): the upstream could not be reached, or the connection
+  broke after the request was sent (`sent=True`: charged in full).
 
 Errors returned by the upstream itself are passed through unchanged (status, headers and body).
 """
@@ -63,6 +66,12 @@ class ModelNotAllowed(ProxyRefusal):
     reason = "model_not_allowed"
 
 
+class NotPriced(ProxyRefusal):
+    status = 403
+    error_type = "permission_error"
+    reason = "not_priced"
+
+
 class RequestTooLarge(ProxyRefusal):
     status = 413
     error_type = "request_too_large"
@@ -95,9 +104,16 @@ class UpstreamTimeout(ProxyRefusal):
 
 
 class UpstreamUnavailable(ProxyRefusal):
+    """`sent`: the connection broke after the request was sent (the provider may have billed
+    it), rather than never being made."""
+
     status = 502
     error_type = "api_error"
     reason = "upstream_unavailable"
+
+    def __init__(self, message: str, *, sent: bool = False) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 def refusal_label(refusal: ProxyRefusal) -> str:

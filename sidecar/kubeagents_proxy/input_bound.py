@@ -13,8 +13,11 @@ The argument (also in docs/proxy.md):
    per message, `REQUEST_OVERHEAD` per request and `TOOLS_OVERHEAD` when `tools` is present cover
    them with a wide margin.
 4. Content the body does not hold as text cannot be bounded from its bytes: images, documents
-   (PDFs), and sources given by URL or file id. For those the proxy asks the upstream's
+   (PDFs), sources given by URL or file id, and server-tool results passed back — at any depth
+   (a `tool_result` may hold a document). For those the proxy asks the upstream's
    `count_tokens` (free of charge) and adds `COUNT_TOKENS_MARGIN`.
+5. Content the upstream adds inside the call (server-side tools, the MCP connector) is not in
+   the body at all: `server_tools.py` bounds it from configuration.
 
 The byte bound is cheap but loose (about 4x for English text). When it alone would refuse a call
 (the per-call cap or the budget), the proxy tightens it with `count_tokens` before refusing, so a
@@ -31,8 +34,23 @@ REQUEST_OVERHEAD = 64
 TOOLS_OVERHEAD = 1024
 COUNT_TOKENS_MARGIN = 0.05  # relative, plus REQUEST_OVERHEAD
 
-# Content block types whose tokens are not bounded by their bytes in the body.
-OPAQUE_BLOCK_TYPES = frozenset({"image", "document", "container_upload", "search_result"})
+# Content block types whose tokens are not bounded by their bytes in the body: media, files and
+# URLs, and the results of server-side tools passed back in a later turn.
+OPAQUE_BLOCK_TYPES = frozenset(
+    {
+        "image",
+        "document",
+        "container_upload",
+        "search_result",
+        "web_search_tool_result",
+        "web_fetch_tool_result",
+        "code_execution_tool_result",
+        "bash_code_execution_tool_result",
+        "text_editor_code_execution_tool_result",
+        "mcp_tool_result",
+    }
+)
+_OPAQUE_MARKERS = tuple(f'"{kind}"'.encode() for kind in sorted(OPAQUE_BLOCK_TYPES))
 
 
 def byte_bound(raw_body: bytes, body: dict[str, Any]) -> int:
@@ -43,8 +61,11 @@ def byte_bound(raw_body: bytes, body: dict[str, Any]) -> int:
     return len(raw_body) + MESSAGE_OVERHEAD * message_count + REQUEST_OVERHEAD + tools
 
 
-def needs_count_tokens(body: dict[str, Any]) -> bool:
-    """Whether the body holds content whose tokens its bytes cannot bound (images, files, URLs)."""
+def needs_count_tokens(body: dict[str, Any], raw_body: bytes) -> bool:
+    """Whether the body holds content whose tokens its bytes cannot bound (images, files, URLs,
+    server-tool results), at any depth of `messages` or `system`."""
+    if not any(marker in raw_body for marker in _OPAQUE_MARKERS):
+        return False  # the common case: no such type name appears anywhere in the body
     return _has_opaque(body.get("messages")) or _has_opaque(body.get("system"))
 
 
@@ -54,8 +75,7 @@ def _has_opaque(value: Any) -> bool:
     if isinstance(value, dict):
         if value.get("type") in OPAQUE_BLOCK_TYPES:
             return True
-        content = value.get("content")
-        return isinstance(content, list) and _has_opaque(content)
+        return any(_has_opaque(item) for item in value.values())
     return False
 
 

@@ -1,40 +1,64 @@
-"""The rolling budget ledger of one agent in Redis: reserve before a call, settle after it.
+"""The rolling budget ledger in Redis: reserve before a call, settle after it.
 
-Every proxy replica of an agent shares one ledger in Redis, so spend can never exceed the
-configured budget: not under concurrency (each operation is one Lua script, atomic in Redis),
-not across replicas (they share the keys), not across crashes (a reservation that is never
-settled is charged in full once it expires).
+One ledger lives under one Redis Cluster hash tag, and every key of it starts with its prefix:
+
+- an agent's ledger: `kubeagents:{<namespace>/<agent>}:` (`BudgetLedger.for_agent`), the same
+  tag as every other key of the agent; its scope is `agent`;
+- a team run's ledger: `kubeagents:{<namespace>/run:<run-id>}:` (`BudgetLedger.for_run`), shared
+  by every agent (and every proxy) of the run; its scope is `run`. On Redis Cluster it may live on
+  another node than the agent's keys, so the proxy reaches it through a `RedisLink` of its own.
+
+A ledger may hold several scopes (`Scope.name`); one call can name several of them at once (they
+share the prefix, so the slot), and is then reserved in all of them or in none.
+
+Every proxy replica shares the ledger in Redis, so spend can never exceed the configured budget:
+not under concurrency (each operation is one Lua script, atomic in Redis), not across replicas
+(they share the keys), not across crashes (a reservation that is never settled is charged in
+full once it expires).
 
 Exceptions (all subclasses of `LedgerError`):
 
-- `BudgetExceeded`: `reserve()` refused; nothing was reserved anywhere. Carries the scope and
-  kind ("tokens"/"usd") that failed with limit, used, reserved, requested, `retry_after`
-  (whole seconds >= 1, or None) and `never_fits`.
-- `LedgerUnavailable`: Redis could not be reached or did not answer in time (any redis-py
-  error, or an OS-level socket error, wrapped; the original is `__cause__`). The proxy fails
-  closed on it (503). Whether a `reserve()` that raised it took effect is unknown; if it did,
-  the reservation expires and is charged in full, so budget can be over-counted, never leaked.
+- `BudgetExceeded`: `reserve()` refused; nothing was reserved. Carries the scope and kind
+  ("tokens"/"usd") that failed with limit, used, reserved, requested, `retry_after` (whole
+  seconds >= 1, or None) and `never_fits`.
+- `LimitMismatch`: `reserve()` named limits for a scope with fixed limits (`Scope.fixed_limits`)
+  other than the ones stored by the first call; nothing was reserved. Carries `scope`,
+  `stored_token_limit`, `stored_usd_nanos_limit` (None: unlimited).
+- `Unpriced`: `reserve(usd_nanos=None)` (a call without a price) in a scope with a dollar limit
+  (given, or stored); nothing was reserved. Carries `scope`.
+- `LedgerUnavailable`: Redis could not be reached or did not answer in time (a redis-py error
+  class as `RedisLink` raises them, or an OS-level socket error, wrapped; the original is
+  `__cause__`). The proxy fails closed on it (503). Whether a `reserve()` that raised it took
+  effect is unknown: it carries that reservation (`unconfirmed`) so that the caller can release
+  it (`settle` with zero); if nobody does, it expires and is charged in full, so budget can be
+  over-counted, never leaked. Also raised (`unconfirmed` set) when `durable_replicas` did not
+  acknowledge a reservation in time (see "Durability"), and (`unconfirmed` None) by a
+  `reserve()` whose id already has a tombstone (it was settled: nothing is reserved again).
 
 `ValueError` (naming the argument) is raised for bad input before Redis is touched.
 
 Amounts: tokens and US dollars as integer nano-dollars (`usd_nanos`, 1e-9 USD). Every amount
 and limit is an int in [0, 2**53 - 1], because Lua numbers are doubles.
 
-Key layout. Every key of an agent starts with `kubeagents:{<namespace>/<agent>}:`, so all of
-them share one Redis Cluster hash tag and one script can touch them all. Each scope (the agent
-itself, `agent`, or a run, `run:<run-id>`) has five keys, `<prefix><scope>:<suffix>`:
+Key layout. Each scope has six keys, `<prefix><scope>:<suffix>`:
 
 | suffix | type | content |
 |---|---|---|
-| `totals` | hash | running totals: `used_tokens`, `used_usd`, `reserved_tokens`, `reserved_usd` |
+| `totals` | hash | `used_tokens`, `used_usd`, `reserved_tokens`, `reserved_usd`; `limits` |
 | `buckets` | hash | spend per bucket: `<bucket start s>:tokens`, `<bucket start s>:usd` |
 | `bucket_starts` | zset | member and score: the start (unix s) of every bucket holding spend |
 | `reservations` | hash | outstanding reservation id -> `"<tokens> <usd_nanos>"` |
 | `reservation_expiry` | zset | outstanding reservation id, score: its expiry (unix ms) |
+| `settled` | zset | tombstones: reservation id, score: the moment (unix ms) it may be forgotten |
 
-All five keys of a scope get the same absolute expiry (PEXPIREAT) on every write:
+`totals` holds the running totals, and for a scope with fixed limits once they are stored
+`limits`: `"<tokens or -> <usd_nanos or ->"` (`-`: unlimited), e.g. `"200000 -"`.
+
+All six keys of a scope get the same absolute expiry (PEXPIREAT) on every write:
 `max(now, latest reservation expiry) + window + bucket + 60 s`, the moment after which nothing
-in them can count any more. So an idle agent's ledger disappears by itself.
+in them can count any more. So an idle ledger disappears by itself, its stored limits and
+tombstones with it (a tombstone never keeps keys alive: with a window shorter than ten minutes it
+goes with them before its time).
 
 Algorithm. Time is Redis's (`TIME` inside the script), never a replica's clock. Spend goes into
 the bucket `floor(now / bucket) * bucket`; a bucket counts until its whole span is older than
@@ -42,17 +66,72 @@ the window, i.e. it leaves at `start + bucket + window`, so spend counts for bet
 and `window + bucket` seconds (never shorter than the window: the conservative side). Every
 operation first sweeps each scope it touches: reservations past their expiry are turned into a
 charge of their full reserved amounts, recorded in the bucket of their *expiry time* (the same
-bucket whichever later call sweeps them, and in every scope of the reservation), then buckets
-that left the window are subtracted from the running totals and deleted (a zset range, usually
-0 or 1 bucket). So no call sums the buckets; it reads four running totals per scope.
+bucket whichever later call sweeps them, and in every scope of the reservation), and leave a
+tombstone for ten minutes; then buckets that left the window are subtracted from the running
+totals and deleted (a zset range, usually 0 or 1 bucket), and so are tombstones past their time.
+So no call sums the buckets; it reads the running totals of each scope once (one HMGET) and
+writes them back once (one HSET) when they changed.
 
 A reservation is recorded in each of its scopes, with one expiry. A scope is swept by every
-call that names it; the proxy names the `agent` scope in every call, and a run scope that no
-call names any more is charged (in the same expiry bucket) by the next call that names it, or
-its keys expire. Every operation on a reservation sweeps all of its scopes first, so its
-scopes never disagree: settle and extend find it in all of them or in none.
-`reserve()` is idempotent by its (client-generated) id, because redis-py resends a command
-whose reply was lost: the second run finds the id and reserves nothing more.
+call that names it; a scope that no call names any more is charged (in the same expiry bucket)
+by the next call that names it, or its keys expire. Every operation on a reservation sweeps all
+of its scopes first, so its scopes never disagree.
+
+Settling and tombstones. `settle()` replaces a reservation by the real usage (charged in full,
+even above the amount reserved) into the current bucket, and leaves a tombstone kept until
+max(now, the reservation's expiry) + 10 minutes. It has three outcomes (`SettleOutcome`):
+`SETTLED` (the reservation was there); `ALREADY_SETTLED` (a tombstone was there: settled
+before, or expired and charged in full by a sweep; nothing changes); and
+`RECORDED_WITHOUT_RESERVATION` (neither was there: the reservation was lost, e.g. Redis restarted
+empty, a failover to a replica that had not received it, or its keys were evicted; the real usage
+is charged anyway, and a tombstone makes a repeat a no-op). So settle is idempotent, and no real
+usage is ever dropped. `reserve()` is idempotent by its id too (`reservation_id`, generated when
+not given): a second reserve of an id that is outstanding returns it and reserves nothing more;
+of an id with a tombstone (settled, e.g. a caller released an unconfirmed reservation before a
+delayed copy of its reserve arrived) reserves nothing and raises `LedgerUnavailable`.
+
+Fixed limits. A scope with `fixed_limits` (a team run's budget) takes its limits from the first
+`reserve()` that names it with at least one limit: they are stored (field `limits` of `totals`)
+even when that reserve is then refused, and are the enforced limits from then on. A later reserve
+that names no limit (both None) gets the stored ones; one that names other limits than the
+stored ones is refused with `LimitMismatch`. `snapshot()` reports the stored limits of such a
+scope. The stored limits expire with the scope's other keys (an idle run forgets them).
+
+Unpriced calls. `reserve(usd_nanos=None)`: the call has no price. Refused with `Unpriced` when a
+scope has a dollar limit (given, or stored); otherwise it reserves 0 USD.
+
+Clamping and healing. Every number the script reads from Redis (totals, buckets, reservation
+records) is clamped to an integer >= 0, and every total it writes is >= 0, so `used` and
+`reserved` are never negative, whatever was evicted or deleted. Totals that are missing or hold
+anything but such an integer are rebuilt from the buckets and the reservations; used spend with
+no bucket left is zero; buckets that lost their index (`bucket_starts`) are indexed again;
+reserved amounts with no reservation left are zero; reservations that lost their expiry are
+charged in full at once. Whatever is lost, the ledger errs on the side of counting too much
+(never too little) of what is still in Redis.
+
+Durability (`durable_replicas`). Redis replicates asynchronously: a failover to a replica (Redis
+Sentinel, or a Cluster replica promoted) loses the writes of its master's last moments. Without
+WAIT, such a failover can lose: reservations of calls in flight (the new master does not know
+them, so it admits other calls against budget they had reserved: an overshoot of up to what they
+spend; their settles then find neither the reservation nor a tombstone and charge the real usage
+as `RECORDED_WITHOUT_RESERVATION`, so their usage is not dropped); calls reserved and settled
+entirely within those moments (their usage is gone from the ledger); run limits stored then (the
+next call that names limits fixes them again); and tombstones (a repeated settle is charged again:
+over-counted). With `durable_replicas` N > 0, every successful `reserve()` is followed by
+`WAIT N durable_timeout_ms`, pipelined right behind the EVALSHA on the link's one connection (no
+extra round trip: the master answers WAIT as soon as N replicas acknowledged the reservation), so
+the call goes upstream only once its reservation is on N replicas; a failover to one of them keeps
+it, and a settle lost in that failover leaves it to be charged in full at its expiry (never less
+than was used). When fewer than N replicas acknowledged in time, or the acknowledgement cannot be
+trusted (the link moved to another node between the script and WAIT), the reservation is
+released (settled with zero: its tombstone makes that final) and `reserve()` raises
+`LedgerUnavailable` with it as `unconfirmed`. Limits of this: settles are not waited for (lost,
+they over-count, as above); a failover to a replica that was not among the N acknowledging ones
+still loses the reservation; while Redis Cluster migrates the ledger's slot (an ASK redirect) the
+script runs on another connection than the WAIT, which then cannot vouch for it (RedisLink does
+not tell); and WAIT holds up the commands pipelined behind it on the link for up to
+`durable_timeout_ms` when replicas are slow. Without replicas to wait for (N = 0) nothing is sent
+beyond the EVALSHA.
 
 `retry_after` of a refused request (per scope and kind, with limit L, used U, reserved R,
 requested r; the reported refusal is the worst of all failing checks: `never_fits` first, then
@@ -68,44 +147,58 @@ the longest `retry_after`):
 
 Rounded up to whole seconds, at least 1. It assumes nothing new is spent meanwhile.
 
-Each operation is one EVALSHA round trip; the script (ledger.lua, shipped in this package) is
-sent with SCRIPT LOAD only when a server does not know it yet.
+Each operation is one EVALSHA round trip (plus the pipelined WAIT of a durable reserve); the
+script (ledger.lua, shipped in this package) is sent with SCRIPT LOAD only when a server does not
+know it yet.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
 import math
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, NoReturn
 
-import redis.asyncio
-import redis.asyncio.cluster
-import redis.exceptions
+from redis.exceptions import NoScriptError, RedisError
 
 from kubeagents.agent import agent_key
 from kubeagents.redis_link import RedisLink
-
-T = TypeVar("T")
 
 MAX_AMOUNT = 2**53 - 1
 """The largest amount or limit: Lua numbers are doubles, exact only below 2**53."""
 
 MAX_TTL_SECONDS = 7 * 86400
-"""The longest reservation ttl (and extension) accepted."""
+"""The longest reservation ttl accepted."""
 
-SCOPE_SUFFIXES = ("totals", "buckets", "bucket_starts", "reservations", "reservation_expiry")
+SCOPE_SUFFIXES = (
+    "totals",
+    "buckets",
+    "bucket_starts",
+    "reservations",
+    "reservation_expiry",
+    "settled",
+)
 
 KINDS = ("tokens", "usd")
 
+AGENT_SCOPE = "agent"
+"""The scope of an agent's own budget in its ledger (`BudgetLedger.for_agent`)."""
+
+RUN_SCOPE = "run"
+"""The scope of a team run's budget in the run's ledger (`BudgetLedger.for_run`)."""
+
 _SCOPE_NAME = re.compile(r"[A-Za-z0-9:._/-]{1,200}")
-_AGENT_PART = re.compile(r"[A-Za-z0-9._-]{1,253}")
+_NAME_PART = re.compile(r"[A-Za-z0-9._-]{1,253}")
+_RUN_ID = re.compile(r"[A-Za-z0-9._/-]{1,150}")
+_PREFIX = re.compile(r"[^{}\s]*\{[^{}\s]+\}[^{}\s]*")
 _RESERVATION_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -124,7 +217,8 @@ class LedgerError(Exception):
 
 
 class LedgerUnavailable(LedgerError):
-    """Redis could not be reached or did not answer in time; the proxy fails closed (503).
+    """Redis could not be reached or did not answer in time, or the replicas did not
+    acknowledge a reservation in time; the proxy fails closed (503).
 
     Raised by `reserve()`, it carries the reservation that may or may not have been recorded
     (`unconfirmed`), so the caller can release it (`settle` with zero is idempotent) instead of
@@ -132,6 +226,45 @@ class LedgerUnavailable(LedgerError):
     """
 
     unconfirmed: Reservation | None = None
+
+
+class LimitMismatch(LedgerError):
+    """`reserve()` named other limits for a scope with fixed limits than the stored ones."""
+
+    def __init__(
+        self,
+        *,
+        scope: str,
+        stored_token_limit: int | None,
+        stored_usd_nanos_limit: int | None,
+    ) -> None:
+        self.scope = scope
+        self.stored_token_limit = stored_token_limit
+        self.stored_usd_nanos_limit = stored_usd_nanos_limit
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        tokens = "none" if self.stored_token_limit is None else f"{self.stored_token_limit:,}"
+        usd = (
+            "none"
+            if self.stored_usd_nanos_limit is None
+            else _format_usd(self.stored_usd_nanos_limit)
+        )
+        return (
+            f"the limits of scope {self.scope} were fixed by its first call at tokens={tokens}, "
+            f"usd={usd}; a later call cannot change them"
+        )
+
+
+class Unpriced(LedgerError):
+    """`reserve()` of a call without a price in a scope with a dollar limit."""
+
+    def __init__(self, *, scope: str) -> None:
+        self.scope = scope
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"scope {self.scope} has a dollar limit, and the call has no price"
 
 
 class BudgetExceeded(LedgerError):
@@ -225,40 +358,62 @@ def _check_ttl(name: str, value: object) -> int:
     return max(1, math.ceil(value * 1000))
 
 
+def _check_positive_int(name: str, value: object, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, not {value!r}")
+    return value
+
+
+def _check_name(name: str, value: object, pattern: re.Pattern[str], shape: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise ValueError(f"{name} must match {shape}, not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Scope:
-    """A budget scope of an agent with its limits per rolling window (None = unlimited)."""
+    """A budget scope of a ledger with its limits per rolling window (None = unlimited).
 
-    name: str  # "agent" or "run:<run-id>"
+    With `fixed_limits`, the limits named by the first reserve that names any are stored and
+    enforced from then on (a team run's budget): later reserves may name none (and get the
+    stored ones) or the same ones; other ones are refused (`LimitMismatch`).
+    """
+
+    name: str  # "agent" in an agent's ledger, "run" in a run's ledger
     token_limit: int | None
     usd_nanos_limit: int | None
+    fixed_limits: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _SCOPE_NAME.fullmatch(self.name):
-            raise ValueError(f"name must match [A-Za-z0-9:._/-]{{1,200}}, not {self.name!r}")
+        _check_name("name", self.name, _SCOPE_NAME, "[A-Za-z0-9:._/-]{1,200}")
         _check_amount("token_limit", self.token_limit, allow_none=True)
         _check_amount("usd_nanos_limit", self.usd_nanos_limit, allow_none=True)
+        if not isinstance(self.fixed_limits, bool):
+            raise ValueError(f"fixed_limits must be a bool, not {self.fixed_limits!r}")
 
 
 @dataclass(frozen=True)
 class Reservation:
     """An outstanding reservation, as returned by `reserve()`."""
 
-    id: str  # uuid4 hex
+    id: str  # 32 hex digits (a uuid4 unless the caller chose it)
     scopes: tuple[str, ...]
     tokens: int
-    usd_nanos: int
+    usd_nanos: int  # 0 for a call without a price
     expires_at: float  # unix seconds, Redis clock
 
 
 class SettleOutcome(enum.Enum):
+    """What `settle()` found (see "Settling and tombstones" at the top of this module)."""
+
     SETTLED = "settled"
-    ALREADY_SETTLED_OR_EXPIRED = "already_settled_or_expired"
+    ALREADY_SETTLED = "already_settled"
+    RECORDED_WITHOUT_RESERVATION = "recorded_without_reservation"
 
 
 @dataclass(frozen=True)
 class KindState:
-    limit: int | None
+    limit: int | None  # for a scope with fixed limits: the stored limit, once stored
     used: int
     reserved: int
     remaining: int | None  # limit - used - reserved, floored at 0; None when unlimited
@@ -283,168 +438,295 @@ def _kind_state(limit: int | None, used: int, reserved: int, until_free: int) ->
     )
 
 
+def _limit_arg(limit: int | None) -> str:
+    return "" if limit is None else str(limit)
+
+
+def _stored(value: int) -> int | None:
+    return None if value < 0 else value
+
+
 # --- the ledger ------------------------------------------------------------------------------
 
-RedisClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster | RedisLink
 KEY_CACHE_SIZE = 1024
+Reply = list[int]
 
 
 class BudgetLedger:
-    """The budget ledger of one agent (`namespace`/`agent`) in Redis or Redis Cluster."""
+    """A budget ledger under one hash tag (`prefix`) in Redis or Redis Cluster, reached through
+    `link` (on Cluster: a link to the node of the prefix's slot)."""
 
     def __init__(
         self,
-        redis: RedisClient,
+        link: RedisLink,
         *,
-        namespace: str,
-        agent: str,
+        prefix: str,
         window_seconds: int = 86400,
         bucket_seconds: int = 60,
+        durable_replicas: int = 0,
+        durable_timeout_ms: int = 100,
     ) -> None:
-        for name, value in (("namespace", namespace), ("agent", agent)):
-            if not isinstance(value, str) or not _AGENT_PART.fullmatch(value):
-                raise ValueError(f"{name} must match [A-Za-z0-9._-]{{1,253}}, not {value!r}")
-        for name, number in (
-            ("window_seconds", window_seconds),
-            ("bucket_seconds", bucket_seconds),
-        ):
-            if isinstance(number, bool) or not isinstance(number, int) or number <= 0:
-                raise ValueError(f"{name} must be a positive int, not {number!r}")
+        if not isinstance(link, RedisLink):
+            raise ValueError(f"link must be a RedisLink, not {link!r}")
+        _check_name("prefix", prefix, _PREFIX, "a string with one hash tag {...}")
+        window_seconds = _check_positive_int("window_seconds", window_seconds)
+        bucket_seconds = _check_positive_int("bucket_seconds", bucket_seconds)
         if window_seconds % bucket_seconds:
             raise ValueError(
                 f"window_seconds ({window_seconds}) must be a multiple of "
                 f"bucket_seconds ({bucket_seconds})"
             )
-        self.redis = redis
-        self.namespace = namespace
-        self.agent = agent
+        durable_replicas = _check_positive_int("durable_replicas", durable_replicas, minimum=0)
+        durable_timeout_ms = _check_positive_int("durable_timeout_ms", durable_timeout_ms)
+        if durable_replicas and durable_timeout_ms >= link.command_timeout * 1000:
+            # WAIT blocks the link's connection: it must answer before the link gives up on it
+            raise ValueError(
+                f"durable_timeout_ms ({durable_timeout_ms}) must be shorter than the link's "
+                f"command timeout ({link.command_timeout:g} s)"
+            )
+        self.link = link
+        self.prefix = prefix
         self.window_seconds = window_seconds
         self.bucket_seconds = bucket_seconds
-        self.prefix = agent_key(namespace, agent, "")
-        self._script = redis.register_script(LEDGER_LUA)
+        self.durable_replicas = durable_replicas
+        self.durable_timeout_ms = durable_timeout_ms
+        self._script = link.register_script(LEDGER_LUA)
         self._keys: dict[str, list[str]] = {}
+
+    @staticmethod
+    def agent_prefix(namespace: str, agent: str) -> str:
+        """`kubeagents:{<namespace>/<agent>}:`, the prefix of an agent's ledger."""
+        _check_name("namespace", namespace, _NAME_PART, "[A-Za-z0-9._-]{1,253}")
+        _check_name("agent", agent, _NAME_PART, "[A-Za-z0-9._-]{1,253}")
+        return agent_key(namespace, agent, "")
+
+    @staticmethod
+    def run_prefix(namespace: str, run: str) -> str:
+        """`kubeagents:{<namespace>/run:<run>}:`, the prefix of a team run's ledger."""
+        _check_name("namespace", namespace, _NAME_PART, "[A-Za-z0-9._-]{1,253}")
+        _check_name("run", run, _RUN_ID, "[A-Za-z0-9._/-]{1,150}")
+        return f"kubeagents:{{{namespace}/run:{run}}}:"
+
+    @classmethod
+    def for_agent(
+        cls, link: RedisLink, *, namespace: str, agent: str, **options: Any
+    ) -> BudgetLedger:
+        """The ledger of an agent; its scope is `agent` (AGENT_SCOPE)."""
+        return cls(link, prefix=cls.agent_prefix(namespace, agent), **options)
+
+    @classmethod
+    def for_run(cls, link: RedisLink, *, namespace: str, run: str, **options: Any) -> BudgetLedger:
+        """The ledger of a team run, shared by all of its agents; its scope is `run`
+        (RUN_SCOPE), with fixed limits."""
+        return cls(link, prefix=cls.run_prefix(namespace, run), **options)
 
     def keys(self, scope: str) -> list[str]:
         """Every Redis key of `scope` (see the key layout at the top of this module)."""
         keys = self._keys.get(scope)
         if keys is None:
-            if not isinstance(scope, str) or not _SCOPE_NAME.fullmatch(scope):
-                raise ValueError(f"scope must match [A-Za-z0-9:._/-]{{1,200}}, not {scope!r}")
+            _check_name("scope", scope, _SCOPE_NAME, "[A-Za-z0-9:._/-]{1,200}")
             keys = [f"{self.prefix}{scope}:{suffix}" for suffix in SCOPE_SUFFIXES]
-            if len(self._keys) >= KEY_CACHE_SIZE:  # run scopes come and go: start over
+            if len(self._keys) >= KEY_CACHE_SIZE:  # scopes come and go: start over
                 self._keys.clear()
             self._keys[scope] = keys
         return keys
 
     async def reserve(
-        self, scopes: Sequence[Scope], *, tokens: int, usd_nanos: int, ttl_seconds: float
+        self,
+        scopes: Sequence[Scope],
+        *,
+        tokens: int,
+        usd_nanos: int | None,
+        ttl_seconds: float,
+        reservation_id: str | None = None,
     ) -> Reservation:
-        """Reserve `tokens` and `usd_nanos` in every scope at once, or raise `BudgetExceeded`."""
+        """Reserve `tokens` and `usd_nanos` (None: the call has no price) in every scope at
+        once, or raise `BudgetExceeded`, `LimitMismatch` or `Unpriced` (nothing reserved).
+
+        `reservation_id` (32 hex digits; a uuid4 when not given) makes a retry of a reserve
+        whose outcome is unknown idempotent."""
         names = self._check_scopes(scopes)
         _check_amount("tokens", tokens)
-        _check_amount("usd_nanos", usd_nanos)
+        _check_amount("usd_nanos", usd_nanos, allow_none=True)
         ttl_ms = _check_ttl("ttl_seconds", ttl_seconds)
-        reservation_id = uuid.uuid4().hex
-        limits: list[str] = []
+        if reservation_id is None:
+            reservation_id = uuid.uuid4().hex
+        else:
+            _check_name("reservation_id", reservation_id, _RESERVATION_ID, "[0-9a-f]{32}")
+        args: list[str | int] = [
+            reservation_id,
+            tokens,
+            "" if usd_nanos is None else usd_nanos,
+            ttl_ms,
+        ]
         for scope in scopes:
-            for limit in (scope.token_limit, scope.usd_nanos_limit):
-                limits.append("" if limit is None else str(limit))
+            args += [
+                _limit_arg(scope.token_limit),
+                _limit_arg(scope.usd_nanos_limit),
+                "1" if scope.fixed_limits else "0",
+            ]
+        expected = Reservation(
+            id=reservation_id,
+            scopes=names,
+            tokens=tokens,
+            usd_nanos=usd_nanos or 0,
+            expires_at=time.time() + ttl_ms / 1000,
+        )
+        acknowledged: int | str = 0
         try:
-            reply = await self._call(
-                "reserve", names, reservation_id, tokens, usd_nanos, ttl_ms, *limits
-            )
+            if self.durable_replicas:
+                reply, acknowledged = await self._call_then_wait("reserve", names, args)
+            else:
+                reply = await self._call("reserve", names, args)
         except LedgerUnavailable as error:
-            error.unconfirmed = Reservation(
-                id=reservation_id,
-                scopes=names,
-                tokens=tokens,
-                usd_nanos=usd_nanos,
-                expires_at=time.time() + ttl_ms / 1000,
-            )
+            error.unconfirmed = expected
             raise
-        if reply[0] == 1:
-            return Reservation(
+        outcome = reply[0]
+        if outcome == 1:
+            reservation = Reservation(
                 id=reservation_id,
                 scopes=names,
                 tokens=tokens,
-                usd_nanos=usd_nanos,
+                usd_nanos=usd_nanos or 0,
                 expires_at=reply[1] / 1000,
             )
-        _, index, kind, limit, used, reserved, requested, retry_after, never_fits = reply
-        raise BudgetExceeded(
-            scope=names[index - 1],
-            kind=KINDS[kind - 1],
-            limit=limit,
-            used=used,
-            reserved=reserved,
-            requested=requested,
-            retry_after=None if retry_after < 0 else retry_after,
-            never_fits=bool(never_fits),
-            window_seconds=self.window_seconds,
+            if self.durable_replicas and not (
+                isinstance(acknowledged, int) and acknowledged >= self.durable_replicas
+            ):
+                await self._release_unacknowledged(reservation, acknowledged)
+            return reservation
+        if outcome == 0:
+            _, index, kind, limit, used, reserved, requested, retry_after, never_fits = reply
+            raise BudgetExceeded(
+                scope=names[index - 1],
+                kind=KINDS[kind - 1],
+                limit=limit,
+                used=used,
+                reserved=reserved,
+                requested=requested,
+                retry_after=None if retry_after < 0 else retry_after,
+                never_fits=bool(never_fits),
+                window_seconds=self.window_seconds,
+            )
+        if outcome == 2:
+            raise LimitMismatch(
+                scope=names[reply[1] - 1],
+                stored_token_limit=_stored(reply[2]),
+                stored_usd_nanos_limit=_stored(reply[3]),
+            )
+        if outcome == 3:
+            raise Unpriced(scope=names[reply[1] - 1])
+        if outcome == 4:
+            raise LedgerUnavailable(
+                f"reservation {reservation_id} was settled already; nothing was reserved"
+            )
+        raise LedgerUnavailable(f"budget ledger: unexpected reply to reserve: {reply}")
+
+    async def _release_unacknowledged(
+        self, reservation: Reservation, acknowledged: int | str
+    ) -> NoReturn:
+        """Release a reservation the replicas did not acknowledge, then raise."""
+        got = f"got {acknowledged}" if isinstance(acknowledged, int) else acknowledged
+        error = LedgerUnavailable(
+            f"reservation not acknowledged by {self.durable_replicas} replica(s) within "
+            f"{self.durable_timeout_ms} ms ({got})"
         )
+        error.unconfirmed = reservation
+        # If this fails too, the caller releases `unconfirmed`, or it is charged in full at its
+        # expiry.
+        with contextlib.suppress(LedgerError):
+            await self.settle(reservation, tokens=0, usd_nanos=0)
+        raise error
 
     async def settle(
         self, reservation: Reservation, *, tokens: int, usd_nanos: int
     ) -> SettleOutcome:
         """Replace the reservation by the actual spend (charged in full, even over the amount
-        reserved). Idempotent: a reservation already settled, or expired and so charged in
-        full, is left alone."""
+        reserved, and even when the reservation was lost). Idempotent: a reservation settled
+        before, or expired and so charged in full, is left alone."""
         names = self._check_reservation(reservation)
         _check_amount("tokens", tokens)
         _check_amount("usd_nanos", usd_nanos)
-        reply = await self._call("settle", names, reservation.id, tokens, usd_nanos)
+        reply = await self._call("settle", names, [reservation.id, tokens, usd_nanos])
         if reply[0] == 1:
             return SettleOutcome.SETTLED
-        return SettleOutcome.ALREADY_SETTLED_OR_EXPIRED
-
-    async def extend(self, reservation: Reservation, *, ttl_seconds: float) -> bool:
-        """Push the expiry of a live reservation to at least now + `ttl_seconds` (Redis clock).
-        False when it is gone (settled, or expired and charged)."""
-        names = self._check_reservation(reservation)
-        ttl_ms = _check_ttl("ttl_seconds", ttl_seconds)
-        reply = await self._call("extend", names, reservation.id, ttl_ms)
-        return bool(reply[0] == 1)
+        if reply[0] == 3:
+            return SettleOutcome.RECORDED_WITHOUT_RESERVATION
+        return SettleOutcome.ALREADY_SETTLED
 
     async def snapshot(self, scopes: Sequence[Scope]) -> list[ScopeState]:
-        """The state of each scope now (after charging expired reservations)."""
+        """The state of each scope now (after charging expired reservations). A scope with
+        fixed limits reports its stored limits once they are stored (the given ones before)."""
         names = self._check_scopes(scopes)
-        reply = await self._call("snapshot", names)
+        reply = await self._call("snapshot", names, [])
         states = []
         for i, scope in enumerate(scopes):
-            used_t, used_u, res_t, res_u, free_t, free_u = reply[i * 6 : i * 6 + 6]
+            values = reply[i * 9 : i * 9 + 9]
+            used_t, used_u, res_t, res_u, free_t, free_u, stored, token_limit, usd_limit = values
+            limits = (scope.token_limit, scope.usd_nanos_limit)
+            if scope.fixed_limits and stored:
+                limits = (_stored(token_limit), _stored(usd_limit))
             states.append(
                 ScopeState(
                     scope=scope.name,
-                    tokens=_kind_state(scope.token_limit, used_t, res_t, free_t),
-                    usd_nanos=_kind_state(scope.usd_nanos_limit, used_u, res_u, free_u),
+                    tokens=_kind_state(limits[0], used_t, res_t, free_t),
+                    usd_nanos=_kind_state(limits[1], used_u, res_u, free_u),
                 )
             )
         return states
 
-    async def ping(self) -> None:
-        """Raise `LedgerUnavailable` unless Redis answers."""
-        await self._guard(self.redis.ping)
-
     # --- internals ---------------------------------------------------------------------------
 
-    async def _call(self, op: str, scopes: Sequence[str], *args: str | int) -> list[int]:
+    def _command(
+        self, op: str, scopes: Sequence[str], args: Sequence[str | int]
+    ) -> tuple[list[str], list[str | int]]:
         keys = [key for scope in scopes for key in self.keys(scope)]
-        argv = [op, self.window_seconds, self.bucket_seconds, len(scopes), *args]
+        argv: list[str | int] = [op, self.window_seconds, self.bucket_seconds, len(scopes), *args]
+        return keys, argv
 
-        async def run() -> Any:
-            return await self._script(keys=keys, args=argv)
-
-        reply = await self._guard(run)
+    async def _call(self, op: str, scopes: Sequence[str], args: Sequence[str | int]) -> Reply:
+        keys, argv = self._command(op, scopes, args)
+        try:
+            reply = await self._script(keys=keys, args=argv)
+        except (RedisError, OSError) as error:
+            raise LedgerUnavailable(f"budget ledger in Redis unavailable: {error}") from error
         return [int(value) for value in reply]
 
-    @staticmethod
-    async def _guard(call: Callable[[], Awaitable[T]]) -> T:
-        try:
-            return await call()
-        except (redis.exceptions.RedisError, OSError, RuntimeError, AttributeError) as error:
-            # RuntimeError/AttributeError: redis-py's async cluster client, when a connection is
-            # torn down under a command ("the handler is closed", a transport already None).
-            raise LedgerUnavailable(f"budget ledger in Redis unavailable: {error}") from error
+    async def _call_then_wait(
+        self, op: str, scopes: Sequence[str], args: Sequence[str | int]
+    ) -> tuple[Reply, int | str]:
+        """The script and `WAIT <replicas> <timeout>` pipelined on the link's one connection
+        (both sent before either reply is awaited), so WAIT covers the script's writes. Returns
+        the script's reply and the number of replicas that acknowledged, or why that number
+        cannot be trusted."""
+        keys, argv = self._command(op, scopes, args)
+        evalsha = ("EVALSHA", self._script.sha, len(keys), *keys, *argv)
+        wait = ("WAIT", self.durable_replicas, self.durable_timeout_ms)
+        for attempt in range(2):
+            node = self.link.node
+            replies: tuple[Any, Any] = await asyncio.gather(
+                self.link.execute(*evalsha), self.link.execute(*wait), return_exceptions=True
+            )
+            reply, acknowledged = replies
+            if isinstance(reply, NoScriptError) and attempt == 0:
+                try:
+                    await self.link.execute("SCRIPT", "LOAD", self._script.source)
+                except (RedisError, OSError) as error:
+                    raise LedgerUnavailable(
+                        f"budget ledger in Redis unavailable: {error}"
+                    ) from error
+                continue  # that WAIT followed a script that did not run
+            if isinstance(reply, RedisError | OSError):
+                raise LedgerUnavailable(f"budget ledger in Redis unavailable: {reply}") from reply
+            if isinstance(reply, BaseException):
+                raise reply
+            if self.link.node != node:
+                # a redirect: the script ran on another node than the one that answered WAIT
+                return [int(value) for value in reply], "the link moved to another node"
+            if isinstance(acknowledged, BaseException):
+                return [int(value) for value in reply], f"WAIT failed: {acknowledged}"
+            return [int(value) for value in reply], int(acknowledged)
+        raise LedgerUnavailable("budget ledger: the script could not be loaded")
 
     @staticmethod
     def _check_scopes(scopes: Sequence[Scope]) -> tuple[str, ...]:

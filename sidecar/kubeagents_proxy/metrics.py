@@ -37,6 +37,13 @@ class ProxyMetrics:
             ["model", "type"],
             registry=r,
         )
+        self.server_tool_uses = Counter(
+            "kubeagents_proxy_server_tool_uses",
+            "Uses of server-side tools the upstream reported, by model and tool (web_search, "
+            "web_fetch).",
+            ["model", "tool"],
+            registry=r,
+        )
         self.cost = Counter(
             "kubeagents_proxy_cost_usd", "US dollars spent, by model.", ["model"], registry=r
         )

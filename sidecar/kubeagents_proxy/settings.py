@@ -16,6 +16,11 @@ from pydantic_settings import SettingsConfigDict
 from kubeagents.agent import AgentSettings, HttpBaseUrl, RedisUrl
 from kubeagents.redis_link import Endpoint
 from kubeagents_proxy.prices import PriceOverride
+from kubeagents_proxy.request_options import (
+    DEFAULT_ALLOWED_BETAS,
+    DEFAULT_INFERENCE_GEO_MULTIPLIERS,
+)
+from kubeagents_proxy.server_tools import ServerToolAllowance
 
 RUN_BUDGET_HEADER = "kubeagents-run-budget"
 PROBE_CALL_HEADER = "kubeagents-probe"
@@ -105,7 +110,44 @@ class ProxySettings(AgentSettings):
     prices: dict[str, PriceOverride] = Field(
         default_factory=dict,
         description='JSON map model -> {"input": USD/MTok, "output": ..., "cacheWrite5m": ..., '
-        '"cacheWrite1h": ..., "cacheRead": ...} overriding the built-in price table.',
+        '"cacheWrite1h": ..., "cacheRead": ..., "longContext": {"thresholdTokens": N, "input": '
+        '..., "output": ...}, "fastMultiplier": x} overriding the built-in price table (a '
+        "model is priced by its exact id only).",
+    )
+    allowed_server_tools: dict[str, ServerToolAllowance] = Field(
+        default_factory=dict,
+        description='JSON map server-tool family -> {"maxTokensPerUse": N, "usdPerUse": x, '
+        '"maxUses": N}: the server-side tools (web_search, web_fetch, code_execution, ...) a '
+        "call may use, each with the bound that enters its reservation. Tools not listed, "
+        "mcp_servers and container are refused (400).",
+    )
+    allowed_betas: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ALLOWED_BETAS),
+        description="JSON list of the anthropic-beta values a call may send; others are "
+        "refused (400). Default: the betas the proxy knows not to change bounds or prices.",
+    )
+    inference_geo_multipliers: dict[str, Decimal] = Field(
+        default_factory=lambda: dict(DEFAULT_INFERENCE_GEO_MULTIPLIERS),
+        description="JSON map inference_geo value -> price multiplier; under a dollar budget "
+        "a value not listed is refused (400).",
+    )
+    accept_eviction_risk: bool = Field(
+        default=False,
+        description="Meter budgets even when Redis may evict the ledger's keys (maxmemory-policy "
+        "not noeviction, or unreadable). Off: the proxy refuses to meter (503, not ready).",
+    )
+    durable_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="Replicas that must acknowledge a reservation (Redis WAIT) before the call "
+        "goes upstream; 0: do not wait. Fails closed (503) when fewer acknowledge in time.",
+    )
+    durable_timeout_ms: int = Field(
+        default=100,
+        ge=1,
+        le=4_000,
+        description="How long WAIT waits for the replicas (below the 5 s Redis command timeout).",
     )
     max_body_bytes: int = Field(
         default=32 * 1024 * 1024, ge=1024, description="Largest request body accepted (413)."
@@ -144,6 +186,13 @@ class ProxySettings(AgentSettings):
         ]
         if needs_redis and not self.redis_url:
             raise ValueError(f"redis_url is required by {', '.join(needs_redis)}")
+        for geo, multiplier in self.inference_geo_multipliers.items():
+            if not multiplier >= 1:
+                raise ValueError(
+                    f"inference_geo_multipliers[{geo}]: must be >= 1, not {multiplier}"
+                )
+        if self.durable_replicas and not self.redis_url:
+            raise ValueError("durable_replicas needs redis_url")
         if self.redis_cluster and self.redis_url and Endpoint.from_url(self.redis_url).db:
             raise ValueError("redis_url: a Redis Cluster has no databases; drop the /<db> part")
         return self

@@ -1,9 +1,19 @@
 """The connection to the provider: one pooled aiohttp session, the real key, bounded retries.
 
 Answers 429, 529 and 5xx are retried with exponential backoff and jitter, honouring the
-upstream's `retry-after`, as long as the call's deadline allows; a 429 that says the
-organisation's spend limit was reached is final. The response of the last attempt is returned to
-the caller (status, headers and body stream untouched).
+upstream's `retry-after`, as long as the call's deadline allows and the caller's `before_retry`
+agrees (the proxy reserves budget for an attempt that may have been billed before it retries);
+a 429 that says the organisation's spend limit was reached is final. The response of the last
+attempt is returned to the caller (status, headers and body stream untouched).
+
+Compression: the proxy asks for `identity` (usage is read from plain bytes, and the proxy's
+CPU is not spent on inflating), and decodes whatever encoding still arrives (gzip, deflate; an
+intermediary may compress anyway), so the client always gets plain bytes with no
+`content-encoding`.
+
+Failures: a connection that could not be made (`UpstreamUnavailable` with `sent=False`) reached
+no model; any other broken connection (`sent=True`) happened after the request was sent, and
+the provider may have billed it.
 """
 
 from __future__ import annotations
@@ -11,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import aiohttp
 
@@ -24,6 +34,10 @@ DROPPED_RESPONSE_HEADERS = frozenset(
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 8.0
+BILLED_ERROR_STATUSES = frozenset({500, 502, 503, 504})
+"""Upstream errors that may come after the model worked (and billed); 429 and 529 are refusals."""
+
+RetryGate = Callable[[int], Awaitable[bool]]
 
 
 def _is_spend_limit(body: bytes) -> bool:
@@ -67,7 +81,7 @@ class Upstream:
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
-            auto_decompress=False,
+            auto_decompress=True,
             skip_auto_headers=("User-Agent",),
         )
 
@@ -77,7 +91,11 @@ class Upstream:
 
     def headers(self, incoming: Mapping[str, str]) -> dict[str, str]:
         """The headers sent upstream: the real key, and the client's version/beta/trace only."""
-        headers = {"x-api-key": self._api_key, "content-type": "application/json"}
+        headers = {
+            "x-api-key": self._api_key,
+            "content-type": "application/json",
+            "accept-encoding": "identity",
+        }
         for name in FORWARDED_REQUEST_HEADERS:
             value = incoming.get(name)
             if value is not None:
@@ -93,8 +111,10 @@ class Upstream:
         body: bytes | None,
         headers: Mapping[str, str],
         deadline: float,
+        before_retry: RetryGate | None = None,
     ) -> aiohttp.ClientResponse:
-        """Send, retrying retryable answers within `deadline` (a `time.monotonic()` instant)."""
+        """Send, retrying retryable answers within `deadline` (a `time.monotonic()` instant)
+        when `before_retry(status)` (if given) returns True."""
         assert self._session is not None, "Upstream.start() was not awaited"
         attempt = 0
         while True:
@@ -110,8 +130,13 @@ class Upstream:
                 raise UpstreamTimeout(
                     "upstream did not answer within the request timeout"
                 ) from None
-            except aiohttp.ClientError as error:
+            except aiohttp.ClientConnectorError as error:
                 raise UpstreamUnavailable(f"cannot reach the upstream: {error}") from None
+            except aiohttp.ClientError as error:
+                raise UpstreamUnavailable(
+                    f"the upstream connection broke after the request was sent: {error!r}",
+                    sent=True,
+                ) from None
             if response.status not in RETRYABLE_STATUSES or attempt >= self.max_retries:
                 return response
             if response.status == 429:
@@ -123,6 +148,8 @@ class Upstream:
                 wait = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt)
                 wait *= 0.5 + random.random() / 2  # noqa: S311 - jitter, not cryptography
             if time.monotonic() + wait >= deadline:
+                return response
+            if before_retry is not None and not await before_retry(response.status):
                 return response
             response.release()
             await asyncio.sleep(wait)

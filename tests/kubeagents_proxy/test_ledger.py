@@ -1,4 +1,5 @@
-"""The rolling budget ledger (kubeagents_proxy.ledger) against a real redis-server."""
+"""The rolling budget ledger (kubeagents_proxy.ledger) against a real redis-server, reached
+through `RedisLink` as the proxy reaches it."""
 
 from __future__ import annotations
 
@@ -6,25 +7,29 @@ import asyncio
 import math
 import random
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import pytest
 import redis
-import redis.asyncio
 import redis.exceptions
 
-from harness.processes import ManagedProcess, poll
-from harness.redis_servers import start_redis
+from harness.processes import ManagedProcess, poll, wait_for
+from harness.redis_servers import RedisServer, start_redis
+from kubeagents.redis_link import RedisLink
 from kubeagents_proxy.ledger import (
+    RUN_SCOPE,
     BudgetExceeded,
     BudgetLedger,
     LedgerUnavailable,
+    LimitMismatch,
     Reservation,
     Scope,
     SettleOutcome,
+    Unpriced,
 )
 
 T = TypeVar("T")
@@ -32,17 +37,22 @@ T = TypeVar("T")
 AGENT = Scope("agent", token_limit=10_000, usd_nanos_limit=1_000_000_000)  # 10k tokens, $1
 
 
-def run(factory: Callable[[redis.asyncio.Redis], Coroutine[Any, Any, T]], url: str) -> T:
-    """Run `factory(client)` in a fresh event loop with a fresh client, closed afterwards."""
+def run(factory: Callable[[RedisLink], Coroutine[Any, Any, T]], url: str) -> T:
+    """Run `factory(link)` in a fresh event loop with a fresh RedisLink, closed afterwards."""
 
     async def main() -> T:
-        client = redis.asyncio.Redis.from_url(url)
+        link = RedisLink(url)
         try:
-            return await factory(client)
+            return await factory(link)
         finally:
-            await client.aclose()
+            await link.aclose()
 
     return asyncio.run(main())
+
+
+def unused_link() -> RedisLink:
+    """A link to a port nothing listens on (it connects only when a command is sent)."""
+    return RedisLink("redis://127.0.0.1:1")
 
 
 def dump_all(client: redis.Redis) -> dict[Any, tuple[Any, Any, int]]:
@@ -56,14 +66,13 @@ def dump_all(client: redis.Redis) -> dict[Any, tuple[Any, Any, int]]:
 async def newest_bucket(ledger: BudgetLedger, scope: str = "agent") -> int:
     """The start (unix s) of the newest bucket holding spend of `scope`."""
     starts_key = ledger.keys(scope)[2]
-    client = cast(redis.asyncio.Redis, ledger.redis)
-    starts = cast(list[bytes], await client.zrange(starts_key, 0, -1))
+    starts = cast(list[bytes], await ledger.link.execute("ZRANGE", starts_key, 0, -1))
     return max(int(start) for start in starts)
 
 
-async def redis_seconds(client: redis.asyncio.Redis) -> float:
-    seconds, micros = await client.time()
-    return float(seconds) + micros / 1e6
+async def redis_seconds(link: RedisLink) -> float:
+    seconds, micros = await link.execute("TIME")
+    return int(seconds) + int(micros) / 1e6
 
 
 # --- reserve ----------------------------------------------------------------------------------
@@ -72,9 +81,9 @@ async def redis_seconds(client: redis.asyncio.Redis) -> float:
 def test_reserve_within_budget_succeeds_and_reserves_in_every_scope(redis_url: str) -> None:
     run_scope = Scope("run:r1", token_limit=5_000, usd_nanos_limit=None)
 
-    async def scenario(client: redis.asyncio.Redis) -> None:
-        ledger = BudgetLedger(client, namespace="ns", agent="writer")
-        before = await redis_seconds(client)
+    async def scenario(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
+        before = await redis_seconds(link)
         reservation = await ledger.reserve(
             [AGENT, run_scope], tokens=3_000, usd_nanos=40_000_000, ttl_seconds=30
         )
@@ -117,8 +126,8 @@ def test_reserve_over_budget_is_refused_with_numbers_and_changes_no_key(
     used: int,
     requested: int,
 ) -> None:
-    async def spend(client: redis.asyncio.Redis) -> None:
-        ledger = BudgetLedger(client, namespace="ns", agent="writer")
+    async def spend(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
         done = await ledger.reserve([AGENT], tokens=9_000, usd_nanos=900_000_000, ttl_seconds=30)
         await ledger.settle(done, tokens=8_000, usd_nanos=800_000_000)
         await ledger.reserve([AGENT], tokens=1_000, usd_nanos=100_000_000, ttl_seconds=30)
@@ -126,8 +135,8 @@ def test_reserve_over_budget_is_refused_with_numbers_and_changes_no_key(
     run(spend, redis_url)
     before = dump_all(redis_client)
 
-    async def refused(client: redis.asyncio.Redis) -> BudgetExceeded:
-        ledger = BudgetLedger(client, namespace="ns", agent="writer")
+    async def refused(link: RedisLink) -> BudgetExceeded:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
         with pytest.raises(BudgetExceeded) as refusal:
             await ledger.reserve([AGENT], tokens=tokens, usd_nanos=usd_nanos, ttl_seconds=30)
         return refusal.value
@@ -152,8 +161,8 @@ def test_one_failing_scope_reserves_nothing_in_the_other(
 ) -> None:
     small_run = Scope("run:small", token_limit=500, usd_nanos_limit=None)
 
-    async def scenario(client: redis.asyncio.Redis) -> BudgetExceeded:
-        ledger = BudgetLedger(client, namespace="ns", agent="writer")
+    async def scenario(link: RedisLink) -> BudgetExceeded:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
         with pytest.raises(BudgetExceeded) as refusal:
             await ledger.reserve([AGENT, small_run], tokens=600, usd_nanos=5, ttl_seconds=30)
         agent, run_state = await ledger.snapshot([AGENT, small_run])
@@ -177,8 +186,8 @@ def test_refusal_reports_the_longest_lasting_failure(redis_url: str) -> None:
     tight = Scope("agent", token_limit=1_000, usd_nanos_limit=1_000)
     small_run = Scope("run:x", token_limit=100, usd_nanos_limit=None)
 
-    async def scenario(client: redis.asyncio.Redis) -> BudgetExceeded:
-        ledger = BudgetLedger(client, namespace="ns", agent="writer")
+    async def scenario(link: RedisLink) -> BudgetExceeded:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
         done = await ledger.reserve([tight], tokens=900, usd_nanos=0, ttl_seconds=30)
         await ledger.settle(done, tokens=900, usd_nanos=0)
         with pytest.raises(BudgetExceeded) as refusal:
@@ -196,8 +205,8 @@ def test_refusal_reports_the_longest_lasting_failure(redis_url: str) -> None:
 def test_settle_charges_actual_and_releases_the_rest(redis_url: str) -> None:
     run_scope = Scope("run:r1", token_limit=None, usd_nanos_limit=500_000_000)
 
-    async def scenario(client: redis.asyncio.Redis) -> None:
-        ledger = BudgetLedger(client, namespace="ns", agent="writer")
+    async def scenario(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
         reservation = await ledger.reserve(
             [AGENT, run_scope], tokens=4_000, usd_nanos=300_000_000, ttl_seconds=30
         )
@@ -214,8 +223,8 @@ def test_settle_charges_actual_and_releases_the_rest(redis_url: str) -> None:
 
 
 def test_settle_twice_is_a_noop(redis_url: str, redis_client: redis.Redis) -> None:
-    async def first(client: redis.asyncio.Redis) -> Reservation:
-        ledger = BudgetLedger(client, namespace="ns", agent="writer")
+    async def first(link: RedisLink) -> Reservation:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
         reservation = await ledger.reserve([AGENT], tokens=1_000, usd_nanos=10, ttl_seconds=30)
         assert await ledger.settle(reservation, tokens=700, usd_nanos=7) is SettleOutcome.SETTLED
         return reservation
@@ -223,10 +232,10 @@ def test_settle_twice_is_a_noop(redis_url: str, redis_client: redis.Redis) -> No
     reservation = run(first, redis_url)
     before = dump_all(redis_client)
 
-    async def again(client: redis.asyncio.Redis) -> None:
-        ledger = BudgetLedger(client, namespace="ns", agent="writer")
+    async def again(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
         outcome = await ledger.settle(reservation, tokens=5_000, usd_nanos=50)
-        assert outcome is SettleOutcome.ALREADY_SETTLED_OR_EXPIRED
+        assert outcome is SettleOutcome.ALREADY_SETTLED
         (agent,) = await ledger.snapshot([AGENT])
         assert (agent.tokens.used, agent.usd_nanos.used) == (700, 7)
 
@@ -235,8 +244,8 @@ def test_settle_twice_is_a_noop(redis_url: str, redis_client: redis.Redis) -> No
 
 
 def test_settle_over_the_reserved_amount_is_charged_in_full(redis_url: str) -> None:
-    async def scenario(client: redis.asyncio.Redis) -> None:
-        ledger = BudgetLedger(client, namespace="ns", agent="writer")
+    async def scenario(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
         reservation = await ledger.reserve([AGENT], tokens=9_000, usd_nanos=10, ttl_seconds=30)
         await ledger.settle(reservation, tokens=12_000, usd_nanos=2_000_000_000)
         (agent,) = await ledger.snapshot([AGENT])
@@ -249,14 +258,14 @@ def test_settle_over_the_reserved_amount_is_charged_in_full(redis_url: str) -> N
     run(scenario, redis_url)
 
 
-# --- expiry and extend --------------------------------------------------------------------------
+# --- expiry --------------------------------------------------------------------------
 
 
 def test_unsettled_reservation_is_charged_in_full_by_the_next_call_after_expiry(
     redis_url: str,
 ) -> None:
-    async def scenario(client: redis.asyncio.Redis) -> None:
-        ledger = BudgetLedger(client, namespace="ns", agent="writer")
+    async def scenario(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
         run_scope = Scope("run:lost", token_limit=None, usd_nanos_limit=None)
         reservation = await ledger.reserve(
             [AGENT, run_scope], tokens=2_500, usd_nanos=30_000, ttl_seconds=0.3
@@ -271,18 +280,17 @@ def test_unsettled_reservation_is_charged_in_full_by_the_next_call_after_expiry(
             )
 
         await poll(charged, within=10, what="the expired reservation to be charged in full")
-        assert await redis_seconds(client) >= reservation.expires_at
+        assert await redis_seconds(link) >= reservation.expires_at
         outcome = await ledger.settle(reservation, tokens=10, usd_nanos=10)
-        assert outcome is SettleOutcome.ALREADY_SETTLED_OR_EXPIRED
-        assert await ledger.extend(reservation, ttl_seconds=30) is False
+        assert outcome is SettleOutcome.ALREADY_SETTLED
         assert await charged()
 
     run(scenario, redis_url)
 
 
 def test_expired_reservation_is_charged_by_a_reserve_too(redis_url: str) -> None:
-    async def scenario(client: redis.asyncio.Redis) -> None:
-        ledger = BudgetLedger(client, namespace="ns", agent="writer")
+    async def scenario(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
         lost = await ledger.reserve([AGENT], tokens=6_000, usd_nanos=0, ttl_seconds=0.2)
 
         async def refused_after_expiry() -> BudgetExceeded | None:
@@ -298,44 +306,24 @@ def test_expired_reservation_is_charged_by_a_reserve_too(redis_url: str) -> None
 
         error = await poll(refused_after_expiry, within=10, what="reserve to sweep the expiry")
         assert (error.used, error.reserved) == (6_000, 0)
-        assert await ledger.settle(lost, tokens=0, usd_nanos=0) is (
-            SettleOutcome.ALREADY_SETTLED_OR_EXPIRED
-        )
+        assert await ledger.settle(lost, tokens=0, usd_nanos=0) is (SettleOutcome.ALREADY_SETTLED)
 
     run(scenario, redis_url)
 
 
-def test_extend_pushes_the_expiry_of_a_live_reservation(redis_url: str) -> None:
-    async def scenario(client: redis.asyncio.Redis) -> None:
-        ledger = BudgetLedger(client, namespace="ns", agent="writer")
-        reservation = await ledger.reserve([AGENT], tokens=1_000, usd_nanos=0, ttl_seconds=1.5)
-        assert await ledger.extend(reservation, ttl_seconds=60) is True
-        # well past the original expiry, the reservation is still outstanding, not charged
-        await poll(
-            partial(_after, client, reservation.expires_at + 0.3),
-            within=10,
-            what="the original expiry to pass",
-        )
-        (agent,) = await ledger.snapshot([AGENT])
-        assert (agent.tokens.reserved, agent.tokens.used) == (1_000, 0)
-        assert await ledger.settle(reservation, tokens=400, usd_nanos=0) is SettleOutcome.SETTLED
-        assert await ledger.extend(reservation, ttl_seconds=60) is False
-
-    run(scenario, redis_url)
-
-
-async def _after(client: redis.asyncio.Redis, moment: float) -> bool:
-    return await redis_seconds(client) >= moment
+async def _after(link: RedisLink, moment: float) -> bool:
+    return await redis_seconds(link) >= moment
 
 
 def test_killed_proxy_cannot_leak_its_reservation(redis_url: str, tmp_path: Path) -> None:
     """A process that reserved and was killed with SIGKILL: its reservation is charged."""
     child = (
-        "import asyncio, sys, redis.asyncio\n"
+        "import asyncio, sys\n"
+        "from kubeagents.redis_link import RedisLink\n"
         "from kubeagents_proxy.ledger import BudgetLedger, Scope\n"
         "async def main():\n"
-        "    client = redis.asyncio.Redis.from_url(sys.argv[1])\n"
-        "    ledger = BudgetLedger(client, namespace='ns', agent='writer')\n"
+        "    link = RedisLink(sys.argv[1])\n"
+        "    ledger = BudgetLedger.for_agent(link, namespace='ns', agent='writer')\n"
         "    scope = Scope('agent', token_limit=10000, usd_nanos_limit=None)\n"
         "    r = await ledger.reserve([scope], tokens=1234, usd_nanos=99, ttl_seconds=1)\n"
         "    print('reserved', r.id, flush=True)\n"
@@ -351,8 +339,8 @@ def test_killed_proxy_cannot_leak_its_reservation(redis_url: str, tmp_path: Path
         process.kill()
         process.stop()
 
-    async def scenario(client: redis.asyncio.Redis) -> None:
-        ledger = BudgetLedger(client, namespace="ns", agent="writer")
+    async def scenario(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
 
         async def charged() -> bool:
             (agent,) = await ledger.snapshot([AGENT])
@@ -373,21 +361,21 @@ def test_killed_proxy_cannot_leak_its_reservation(redis_url: str, tmp_path: Path
 def test_spend_ages_out_of_the_window_when_retry_after_said(redis_url: str) -> None:
     scope = Scope("agent", token_limit=1_000, usd_nanos_limit=None)
 
-    async def scenario(client: redis.asyncio.Redis) -> None:
-        ledger = BudgetLedger(
-            client, namespace="ns", agent="writer", window_seconds=4, bucket_seconds=1
+    async def scenario(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(
+            link, namespace="ns", agent="writer", window_seconds=4, bucket_seconds=1
         )
         first = await ledger.reserve([scope], tokens=600, usd_nanos=0, ttl_seconds=30)
         await ledger.settle(first, tokens=600, usd_nanos=0)
         # a later bucket, so that only the older spend has to age out
-        await poll(partial(_after, client, await newest_bucket(ledger) + 1.0), within=10, what="1s")
+        await poll(partial(_after, link, await newest_bucket(ledger) + 1.0), within=10, what="1s")
         second = await ledger.reserve([scope], tokens=300, usd_nanos=0, ttl_seconds=30)
         await ledger.settle(second, tokens=300, usd_nanos=0)
 
-        before = await redis_seconds(client)
+        before = await redis_seconds(link)
         with pytest.raises(BudgetExceeded) as refusal:
             await ledger.reserve([scope], tokens=500, usd_nanos=0, ttl_seconds=30)
-        after = await redis_seconds(client)
+        after = await redis_seconds(link)
         error = refusal.value
         assert (error.used, error.reserved, error.limit) == (900, 0, 1_000)
         retry_after = error.retry_after
@@ -397,7 +385,7 @@ def test_spend_ages_out_of_the_window_when_retry_after_said(redis_url: str) -> N
         async def fits() -> float | None:
             (state,) = await ledger.snapshot([scope])
             if state.tokens.remaining is not None and state.tokens.remaining >= 500:
-                return await redis_seconds(client)
+                return await redis_seconds(link)
             return None
 
         fitted_at = await poll(fits, within=15, what="the first spend to age out")
@@ -416,9 +404,9 @@ def test_spend_ages_out_of_the_window_when_retry_after_said(redis_url: str) -> N
 def test_retry_after_walks_buckets_oldest_first_until_enough_is_free(redis_url: str) -> None:
     scope = Scope("agent", token_limit=1_000, usd_nanos_limit=None)
 
-    async def scenario(client: redis.asyncio.Redis) -> None:
-        ledger = BudgetLedger(
-            client, namespace="ns", agent="writer", window_seconds=6, bucket_seconds=1
+    async def scenario(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(
+            link, namespace="ns", agent="writer", window_seconds=6, bucket_seconds=1
         )
         bucket_of: dict[int, int] = {}
         for amount in (100, 200, 600):  # three buckets, one after the other
@@ -426,14 +414,14 @@ def test_retry_after_walks_buckets_oldest_first_until_enough_is_free(redis_url: 
             await ledger.settle(spent, tokens=amount, usd_nanos=0)
             newest = await newest_bucket(ledger)
             bucket_of[amount] = newest
-            await poll(partial(_after, client, newest + 1.0), within=10, what="next bucket")
+            await poll(partial(_after, link, newest + 1.0), within=10, what="next bucket")
         assert len(set(bucket_of.values())) == 3
 
-        before = await redis_seconds(client)
+        before = await redis_seconds(link)
         with pytest.raises(BudgetExceeded) as refusal:
             # needs 900 + 350 - 1000 = 250 freed: the 100 bucket is not enough, 100 + 200 is
             await ledger.reserve([scope], tokens=350, usd_nanos=0, ttl_seconds=30)
-        after = await redis_seconds(client)
+        after = await redis_seconds(link)
         leaves = bucket_of[200] + 1 + 6  # the bucket's start + bucket + window
         assert refusal.value.retry_after is not None
         assert math.ceil(leaves - after) <= refusal.value.retry_after <= math.ceil(leaves - before)
@@ -442,8 +430,8 @@ def test_retry_after_walks_buckets_oldest_first_until_enough_is_free(redis_url: 
 
 
 def test_request_larger_than_the_limit_never_fits(redis_url: str) -> None:
-    async def scenario(client: redis.asyncio.Redis) -> None:
-        ledger = BudgetLedger(client, namespace="ns", agent="writer")
+    async def scenario(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
         with pytest.raises(BudgetExceeded) as refusal:
             await ledger.reserve([AGENT], tokens=10_001, usd_nanos=0, ttl_seconds=30)
         error = refusal.value
@@ -462,8 +450,8 @@ def test_request_larger_than_the_limit_never_fits(redis_url: str) -> None:
 
 
 def test_blocked_only_by_reservations_retry_after_is_the_earliest_expiry(redis_url: str) -> None:
-    async def scenario(client: redis.asyncio.Redis) -> None:
-        ledger = BudgetLedger(client, namespace="ns", agent="writer")
+    async def scenario(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
         await ledger.reserve([AGENT], tokens=4_000, usd_nanos=0, ttl_seconds=300)
         await ledger.reserve([AGENT], tokens=4_000, usd_nanos=0, ttl_seconds=120)
         with pytest.raises(BudgetExceeded) as refusal:
@@ -516,8 +504,8 @@ def test_snapshot_reports_limit_used_reserved_remaining_and_seconds_until_free(
 ) -> None:
     unlimited = Scope("run:free", token_limit=None, usd_nanos_limit=None)
 
-    async def scenario(client: redis.asyncio.Redis) -> None:
-        ledger = BudgetLedger(client, namespace="ns", agent="writer", window_seconds=3600)
+    async def scenario(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer", window_seconds=3600)
         empty, empty_run = await ledger.snapshot([AGENT, unlimited])
         assert empty.tokens.limit == 10_000
         assert (empty.tokens.used, empty.tokens.reserved, empty.tokens.remaining) == (0, 0, 10_000)
@@ -551,18 +539,28 @@ def test_keys_of_an_agent_share_its_hash_tag_and_expire_by_themselves(
 ) -> None:
     run_scope = Scope("run:r-1.a/b", token_limit=None, usd_nanos_limit=None)
 
-    async def scenario(client: redis.asyncio.Redis) -> float:
-        ledger = BudgetLedger(client, namespace="team-a", agent="writer", window_seconds=600)
+    async def scenario(link: RedisLink) -> float:
+        ledger = BudgetLedger.for_agent(
+            link, namespace="team-a", agent="writer", window_seconds=600
+        )
         spent = await ledger.reserve([AGENT, run_scope], tokens=10, usd_nanos=1, ttl_seconds=90)
         await ledger.settle(spent, tokens=10, usd_nanos=1)
         await ledger.reserve([AGENT, run_scope], tokens=10, usd_nanos=1, ttl_seconds=120)
-        return await redis_seconds(client)
+        return await redis_seconds(link)
 
     now = run(scenario, redis_url)
-    ledger = BudgetLedger(redis.asyncio.Redis(), namespace="team-a", agent="writer")
+    ledger = BudgetLedger.for_agent(unused_link(), namespace="team-a", agent="writer")
     expected = set(ledger.keys("agent") + ledger.keys("run:r-1.a/b"))
     stored = {key.decode() for key in redis_client.scan_iter()}
     assert stored == expected
+    assert {key.rsplit(":", 1)[1] for key in stored} == {
+        "totals",
+        "buckets",
+        "bucket_starts",
+        "reservations",
+        "reservation_expiry",
+        "settled",
+    }
     for key in stored:
         assert key.startswith("kubeagents:{team-a/writer}:")
         # the outstanding reservation's expiry (120 s) + window (600 s) + bucket (60 s) + 60 s
@@ -573,22 +571,22 @@ def test_keys_of_an_agent_share_its_hash_tag_and_expire_by_themselves(
 def test_each_operation_is_one_evalsha_round_trip(
     redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def warm_up(client: redis.asyncio.Redis) -> None:
-        await BudgetLedger(client, namespace="ns", agent="writer").snapshot([AGENT])
+    async def warm_up(link: RedisLink) -> None:
+        await BudgetLedger.for_agent(link, namespace="ns", agent="writer").snapshot([AGENT])
 
     run(warm_up, redis_url)  # loads the script into the server (SCRIPT LOAD)
     redis_client.config_resetstat()
     sent: list[str] = []
 
-    async def scenario(client: redis.asyncio.Redis) -> None:
-        execute: Callable[..., Awaitable[Any]] = client.execute_command
+    async def scenario(link: RedisLink) -> None:
+        execute: Callable[..., Awaitable[Any]] = link.execute
 
-        async def counting(*args: Any, **options: Any) -> Any:
+        async def counting(*args: Any) -> Any:
             sent.append(str(args[0]))
-            return await execute(*args, **options)
+            return await execute(*args)
 
-        monkeypatch.setattr(client, "execute_command", counting)
-        ledger = BudgetLedger(client, namespace="ns", agent="writer")
+        monkeypatch.setattr(link, "execute", counting)
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
         reservation = await ledger.reserve([AGENT], tokens=100, usd_nanos=1, ttl_seconds=30)
         assert sent == ["EVALSHA"]
         await ledger.settle(reservation, tokens=50, usd_nanos=1)
@@ -599,16 +597,20 @@ def test_each_operation_is_one_evalsha_round_trip(
     assert stats["cmdstat_evalsha"]["calls"] == 2
     assert "cmdstat_eval" not in stats  # the script source is never sent per call
     assert "cmdstat_script|load" not in stats  # nor loaded again
+    assert "cmdstat_wait" not in stats  # no WAIT without durable replicas
 
 
-def test_a_lost_reply_retried_with_the_same_id_reserves_only_once(redis_url: str) -> None:
-    """redis-py retries a command whose reply was lost; the script must not reserve twice."""
+def test_a_reserve_retried_with_the_same_id_reserves_only_once(redis_url: str) -> None:
+    """A reserve whose outcome was unknown, sent again with its id, must not reserve twice."""
 
-    async def scenario(client: redis.asyncio.Redis) -> None:
-        ledger = BudgetLedger(client, namespace="ns", agent="writer")
-        args = ("f" * 32, 700, 5, 30_000, "10000", "1000000000")
-        first = await ledger._call("reserve", ["agent"], *args)
-        second = await ledger._call("reserve", ["agent"], *args)
+    async def scenario(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
+        first = await ledger.reserve(
+            [AGENT], tokens=700, usd_nanos=5, ttl_seconds=30, reservation_id="f" * 32
+        )
+        second = await ledger.reserve(
+            [AGENT], tokens=700, usd_nanos=5, ttl_seconds=30, reservation_id="f" * 32
+        )
         assert first == second
         (agent,) = await ledger.snapshot([AGENT])
         assert (agent.tokens.reserved, agent.usd_nanos.reserved) == (700, 5)
@@ -626,15 +628,8 @@ def test_concurrent_reserve_and_settle_from_three_ledgers_never_overshoot(redis_
     rng = random.Random(4)  # noqa: S311 - request sizes, not secrets
 
     async def main() -> None:
-        clients = [
-            redis.asyncio.Redis(
-                connection_pool=redis.asyncio.BlockingConnectionPool.from_url(
-                    redis_url, max_connections=40
-                )
-            )
-            for _ in range(3)
-        ]
-        ledgers = [BudgetLedger(c, namespace="ns", agent="writer") for c in clients]
+        links = [RedisLink(redis_url) for _ in range(3)]  # three proxies
+        ledgers = [BudgetLedger.for_agent(link, namespace="ns", agent="writer") for link in links]
         settled: list[tuple[int, int]] = []
         refused: list[BudgetExceeded] = []
         stop = asyncio.Event()
@@ -689,8 +684,8 @@ def test_concurrent_reserve_and_settle_from_three_ledgers_never_overshoot(redis_
             assert state.usd_nanos.used == charged_usd
         assert charged_tokens <= 50_000
         assert charged_usd <= 3_000_000_000
-        for client in clients:
-            await client.aclose()
+        for link in links:
+            await link.aclose()
 
     asyncio.run(main())
 
@@ -702,22 +697,19 @@ def test_redis_down_raises_ledger_unavailable(tmp_path: Path) -> None:
     server = start_redis(tmp_path)
     try:
 
-        async def up(client: redis.asyncio.Redis) -> Reservation:
-            ledger = BudgetLedger(client, namespace="ns", agent="writer")
-            await ledger.ping()
+        async def up(link: RedisLink) -> Reservation:
+            ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
             return await ledger.reserve([AGENT], tokens=10, usd_nanos=1, ttl_seconds=30)
 
         reservation = run(up, server.url)
     finally:
         server.stop()
 
-    async def down(client: redis.asyncio.Redis) -> None:
-        ledger = BudgetLedger(client, namespace="ns", agent="writer")
-        with pytest.raises(LedgerUnavailable) as error:
-            await ledger.ping()
-        assert isinstance(error.value.__cause__, redis.exceptions.ConnectionError)
+    async def down(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
         with pytest.raises(LedgerUnavailable) as refused:
             await ledger.reserve([AGENT], tokens=10, usd_nanos=1, ttl_seconds=30)
+        assert isinstance(refused.value.__cause__, redis.exceptions.ConnectionError)
         # The reservation that may have been recorded is handed back, to be released.
         unconfirmed = refused.value.unconfirmed
         assert unconfirmed is not None
@@ -728,8 +720,6 @@ def test_redis_down_raises_ledger_unavailable(tmp_path: Path) -> None:
         )
         with pytest.raises(LedgerUnavailable):
             await ledger.settle(reservation, tokens=10, usd_nanos=1)
-        with pytest.raises(LedgerUnavailable):
-            await ledger.extend(reservation, ttl_seconds=30)
         with pytest.raises(LedgerUnavailable):
             await ledger.snapshot([AGENT])
 
@@ -762,16 +752,24 @@ def test_redis_down_raises_ledger_unavailable(tmp_path: Path) -> None:
             "scopes",
         ),
         (lambda ledger: ledger.settle(_reservation(), tokens=-1, usd_nanos=0), "tokens"),
-        (lambda ledger: ledger.extend(_reservation(), ttl_seconds=0), "ttl_seconds"),
+        (
+            lambda ledger: ledger.settle(_reservation(), tokens=1, usd_nanos=cast(int, None)),
+            "usd_nanos",
+        ),
+        (
+            lambda ledger: ledger.reserve(
+                [AGENT], tokens=1, usd_nanos=0, ttl_seconds=1, reservation_id="not-hex"
+            ),
+            "reservation_id",
+        ),
     ],
 )
 def test_invalid_input_raises_value_error_before_touching_redis(
     call: Callable[[BudgetLedger], Awaitable[object]], argument: str
 ) -> None:
     async def scenario() -> None:
-        # a client of a port nothing listens on: any Redis call would raise LedgerUnavailable
-        client = redis.asyncio.Redis(port=1)
-        ledger = BudgetLedger(client, namespace="ns", agent="writer")
+        # a link to a port nothing listens on: any Redis call would raise LedgerUnavailable
+        ledger = BudgetLedger.for_agent(unused_link(), namespace="ns", agent="writer")
         with pytest.raises(ValueError, match=argument):
             await call(ledger)
 
@@ -790,21 +788,50 @@ def _reservation() -> Reservation:
         (lambda: Scope("x" * 201, 1, 1), "name"),
         (lambda: Scope("agent", -1, 1), "token_limit"),
         (lambda: Scope("agent", 1, -1), "usd_nanos_limit"),
-        (lambda: BudgetLedger(redis.asyncio.Redis(), namespace="a/b", agent="x"), "namespace"),
-        (lambda: BudgetLedger(redis.asyncio.Redis(), namespace="a", agent="{x}"), "agent"),
+        (lambda: Scope("run", 1, 1, fixed_limits=cast(bool, "yes")), "fixed_limits"),
         (
-            lambda: BudgetLedger(
-                redis.asyncio.Redis(),
-                namespace="a",
-                agent="x",
-                window_seconds=100,
-                bucket_seconds=30,
+            lambda: BudgetLedger.for_agent(unused_link(), namespace="a/b", agent="x"),
+            "namespace",
+        ),
+        (lambda: BudgetLedger.for_agent(unused_link(), namespace="a", agent="{x}"), "agent"),
+        (lambda: BudgetLedger.for_run(unused_link(), namespace="a", run="r{1}"), "run"),
+        (lambda: BudgetLedger.for_run(unused_link(), namespace="a", run="x" * 151), "run"),
+        (lambda: BudgetLedger.for_run(unused_link(), namespace="", run="r"), "namespace"),
+        (lambda: BudgetLedger(unused_link(), prefix="kubeagents:no-tag:"), "prefix"),
+        (
+            lambda: BudgetLedger(cast(RedisLink, object()), prefix="kubeagents:{a/b}:"),
+            "link",
+        ),
+        (
+            lambda: BudgetLedger.for_agent(
+                unused_link(), namespace="a", agent="x", window_seconds=100, bucket_seconds=30
             ),
             "window_seconds",
         ),
         (
-            lambda: BudgetLedger(redis.asyncio.Redis(), namespace="a", agent="x", bucket_seconds=0),
+            lambda: BudgetLedger.for_agent(
+                unused_link(), namespace="a", agent="x", bucket_seconds=0
+            ),
             "bucket_seconds",
+        ),
+        (
+            lambda: BudgetLedger.for_agent(
+                unused_link(), namespace="a", agent="x", durable_replicas=-1
+            ),
+            "durable_replicas",
+        ),
+        (
+            lambda: BudgetLedger.for_agent(
+                unused_link(), namespace="a", agent="x", durable_replicas=1, durable_timeout_ms=0
+            ),
+            "durable_timeout_ms",
+        ),
+        (
+            # WAIT must answer before the link gives up on its connection (5 s here)
+            lambda: BudgetLedger.for_agent(
+                unused_link(), namespace="a", agent="x", durable_replicas=1, durable_timeout_ms=5000
+            ),
+            "durable_timeout_ms",
         ),
     ],
 )
@@ -813,3 +840,712 @@ def test_invalid_scope_or_ledger_settings_raise_value_error(
 ) -> None:
     with pytest.raises(ValueError, match=argument):
         make()
+
+
+# --- a team run's ledger: its own hash tag, fixed limits ----------------------------------------
+
+
+def run_ledger(link: RedisLink, run_id: str = "team/r-1", **options: Any) -> BudgetLedger:
+    return BudgetLedger.for_run(link, namespace="ns", run=run_id, **options)
+
+
+def run_scope(tokens: int | None = None, usd_nanos: int | None = None) -> Scope:
+    return Scope(RUN_SCOPE, token_limit=tokens, usd_nanos_limit=usd_nanos, fixed_limits=True)
+
+
+def test_a_run_ledger_has_its_own_hash_tag_and_agent_ledgers_keep_theirs(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    assert BudgetLedger.run_prefix("ns", "team/r-1") == "kubeagents:{ns/run:team/r-1}:"
+    assert BudgetLedger.agent_prefix("ns", "writer") == "kubeagents:{ns/writer}:"
+
+    async def scenario(link: RedisLink) -> tuple[list[str], list[str]]:
+        agent = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
+        team = run_ledger(link)
+        for ledger, scope in ((agent, AGENT), (team, run_scope(tokens=5_000))):
+            spent = await ledger.reserve([scope], tokens=10, usd_nanos=1, ttl_seconds=30)
+            await ledger.settle(spent, tokens=10, usd_nanos=1)
+        return agent.keys("agent"), team.keys(RUN_SCOPE)
+
+    agent_keys, run_keys = run(scenario, redis_url)
+    assert agent_keys[0] == "kubeagents:{ns/writer}:agent:totals"  # unchanged: old ledgers carry on
+    assert run_keys[0] == "kubeagents:{ns/run:team/r-1}:run:totals"
+    # nothing is reserved any more (those keys are gone); the settles left tombstones
+    outstanding = ("reservations", "reservation_expiry")
+    expected = {key for key in agent_keys + run_keys if key.rsplit(":", 1)[1] not in outstanding}
+    assert {key.decode() for key in redis_client.scan_iter()} == expected
+
+
+def test_every_agent_of_a_run_shares_the_run_ledger(redis_url: str) -> None:
+    async def scenario(link: RedisLink) -> None:
+        # two proxies of two agents: each its own link and its own ledger object of the run
+        other = RedisLink(redis_url)
+        try:
+            first, second = run_ledger(link), run_ledger(other)
+            spent = await first.reserve(
+                [run_scope(tokens=1_000)], tokens=600, usd_nanos=0, ttl_seconds=30
+            )
+            await first.settle(spent, tokens=600, usd_nanos=0)
+            with pytest.raises(BudgetExceeded) as refusal:
+                await second.reserve([run_scope()], tokens=500, usd_nanos=0, ttl_seconds=30)
+            assert (refusal.value.scope, refusal.value.used, refusal.value.limit) == (
+                RUN_SCOPE,
+                600,
+                1_000,
+            )
+        finally:
+            await other.aclose()
+
+    run(scenario, redis_url)
+
+
+def test_fixed_limits_are_stored_by_the_first_reserve_that_names_them(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    async def scenario(link: RedisLink) -> None:
+        ledger = run_ledger(link)
+        totals = ledger.keys(RUN_SCOPE)[0]
+        # no limit named yet: unlimited, and nothing is stored
+        first = await ledger.reserve([run_scope()], tokens=100, usd_nanos=0, ttl_seconds=30)
+        assert redis_client.hget(totals, "limits") is None
+        # the first call that names a limit fixes the limits
+        await ledger.reserve([run_scope(tokens=1_000)], tokens=100, usd_nanos=0, ttl_seconds=30)
+        assert redis_client.hget(totals, "limits") == b"1000 -"
+        # later calls that name none get the stored ones ...
+        with pytest.raises(BudgetExceeded) as refusal:
+            await ledger.reserve([run_scope()], tokens=801, usd_nanos=0, ttl_seconds=30)
+        assert (refusal.value.limit, refusal.value.reserved) == (1_000, 200)
+        # ... and so do calls that name the same ones
+        same = await ledger.reserve(
+            [run_scope(tokens=1_000)], tokens=800, usd_nanos=0, ttl_seconds=30
+        )
+        assert same.tokens == 800
+        # the snapshot of the run reports the stored limits, whatever the caller names
+        (state,) = await ledger.snapshot([run_scope()])
+        assert (state.tokens.limit, state.tokens.reserved, state.tokens.remaining) == (
+            1_000,
+            1_000,
+            0,
+        )
+        assert state.usd_nanos.limit is None
+        await ledger.settle(first, tokens=50, usd_nanos=0)
+        (state,) = await ledger.snapshot([run_scope(tokens=5)])
+        assert (state.tokens.limit, state.tokens.used, state.tokens.remaining) == (1_000, 50, 50)
+
+    run(scenario, redis_url)
+
+
+def test_fixed_limits_are_stored_even_when_the_first_reserve_is_refused(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    async def scenario(link: RedisLink) -> None:
+        ledger = run_ledger(link)
+        with pytest.raises(BudgetExceeded) as refusal:
+            await ledger.reserve(
+                [run_scope(tokens=100, usd_nanos=5_000)], tokens=500, usd_nanos=0, ttl_seconds=30
+            )
+        assert refusal.value.never_fits
+        assert redis_client.hget(ledger.keys(RUN_SCOPE)[0], "limits") == b"100 5000"
+        (state,) = await ledger.snapshot([run_scope()])
+        assert (state.tokens.limit, state.usd_nanos.limit) == (100, 5_000)
+        assert (state.tokens.reserved, state.tokens.used) == (0, 0)
+        fits = await ledger.reserve([run_scope()], tokens=100, usd_nanos=5_000, ttl_seconds=30)
+        assert fits.tokens == 100
+        with pytest.raises(BudgetExceeded):
+            await ledger.reserve([run_scope()], tokens=1, usd_nanos=0, ttl_seconds=30)
+
+    run(scenario, redis_url)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "usd_nanos"),
+    [(2_000, None), (1_000, 7), (None, 7), (None, None)],
+    ids=["other-tokens", "added-usd", "dropped-tokens", "none-named"],
+)
+def test_other_limits_than_the_stored_ones_are_refused_and_reserve_nothing(
+    redis_url: str, redis_client: redis.Redis, tokens: int | None, usd_nanos: int | None
+) -> None:
+    async def setup(link: RedisLink) -> None:
+        ledger = run_ledger(link)
+        await ledger.reserve([run_scope(tokens=1_000)], tokens=10, usd_nanos=0, ttl_seconds=30)
+
+    run(setup, redis_url)
+    before = dump_all(redis_client)
+
+    async def scenario(link: RedisLink) -> None:
+        ledger = run_ledger(link)
+        scope = run_scope(tokens=tokens, usd_nanos=usd_nanos)
+        if tokens is None and usd_nanos is None:  # naming none is always fine: the stored apply
+            reservation = await ledger.reserve([scope], tokens=5, usd_nanos=0, ttl_seconds=30)
+            assert reservation.tokens == 5
+            return
+        with pytest.raises(LimitMismatch) as refusal:
+            await ledger.reserve([scope], tokens=5, usd_nanos=0, ttl_seconds=30)
+        error = refusal.value
+        assert (error.scope, error.stored_token_limit, error.stored_usd_nanos_limit) == (
+            RUN_SCOPE,
+            1_000,
+            None,
+        )
+        assert "tokens=1,000, usd=none" in str(error)
+
+    run(scenario, redis_url)
+    if tokens is not None or usd_nanos is not None:
+        assert dump_all(redis_client) == before
+
+
+def test_scopes_without_fixed_limits_take_the_limits_each_call_names(redis_url: str) -> None:
+    async def scenario(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
+        small = Scope("agent", token_limit=100, usd_nanos_limit=None)
+        large = Scope("agent", token_limit=10_000, usd_nanos_limit=None)
+        with pytest.raises(BudgetExceeded):
+            await ledger.reserve([small], tokens=500, usd_nanos=0, ttl_seconds=30)
+        assert (await ledger.reserve([large], tokens=500, usd_nanos=0, ttl_seconds=30)).tokens
+        (state,) = await ledger.snapshot([small])
+        assert (state.tokens.limit, state.tokens.remaining) == (100, 0)
+
+    run(scenario, redis_url)
+
+
+def test_stored_limits_expire_with_the_scopes_other_keys(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    async def scenario(link: RedisLink) -> list[str]:
+        ledger = run_ledger(link, window_seconds=600)
+        spent = await ledger.reserve(
+            [run_scope(tokens=1_000)], tokens=10, usd_nanos=0, ttl_seconds=30
+        )
+        await ledger.settle(spent, tokens=10, usd_nanos=0)
+        return ledger.keys(RUN_SCOPE)
+
+    keys = run(scenario, redis_url)
+    stored = [key for key in keys if redis_client.exists(key)]
+    assert keys[0] in stored  # totals, holding the limits
+    assert len({redis_client.pexpiretime(key) for key in stored}) == 1
+    assert redis_client.pexpiretime(keys[0]) > 0
+
+
+def test_a_run_ledger_and_the_agent_ledger_refuse_independently(redis_url: str) -> None:
+    """The proxy reserves in the agent's ledger and then in the run's: each holds its own."""
+
+    async def scenario(link: RedisLink) -> None:
+        agent = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
+        team = run_ledger(link)
+        held = await agent.reserve([AGENT], tokens=600, usd_nanos=0, ttl_seconds=30)
+        with pytest.raises(BudgetExceeded):
+            await team.reserve([run_scope(tokens=500)], tokens=600, usd_nanos=0, ttl_seconds=30)
+        assert await agent.settle(held, tokens=0, usd_nanos=0) is SettleOutcome.SETTLED
+        (state,) = await agent.snapshot([AGENT])
+        assert (state.tokens.used, state.tokens.reserved) == (0, 0)
+
+    run(scenario, redis_url)
+
+
+# --- calls without a price -----------------------------------------------------------------------
+
+
+def test_an_unpriced_call_is_refused_where_there_is_a_dollar_limit(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    async def scenario(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
+        with pytest.raises(Unpriced) as refusal:
+            await ledger.reserve([AGENT], tokens=10, usd_nanos=None, ttl_seconds=30)
+        assert refusal.value.scope == "agent"
+        assert "no price" in str(refusal.value)
+        tokens_only = Scope("run:t", token_limit=1_000, usd_nanos_limit=None)
+        with pytest.raises(Unpriced) as both:
+            await ledger.reserve([tokens_only, AGENT], tokens=10, usd_nanos=None, ttl_seconds=30)
+        assert both.value.scope == "agent"
+
+    run(scenario, redis_url)
+    assert list(redis_client.scan_iter()) == []  # nothing reserved, nothing written
+
+
+def test_an_unpriced_call_reserves_no_dollars_where_there_is_no_dollar_limit(
+    redis_url: str,
+) -> None:
+    tokens_only = Scope("agent", token_limit=1_000, usd_nanos_limit=None)
+
+    async def scenario(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
+        reservation = await ledger.reserve(
+            [tokens_only], tokens=400, usd_nanos=None, ttl_seconds=30
+        )
+        assert (reservation.tokens, reservation.usd_nanos) == (400, 0)
+        (state,) = await ledger.snapshot([tokens_only])
+        assert (state.tokens.reserved, state.usd_nanos.reserved) == (400, 0)
+        # the token limit still holds
+        with pytest.raises(BudgetExceeded):
+            await ledger.reserve([tokens_only], tokens=601, usd_nanos=None, ttl_seconds=30)
+        await ledger.settle(reservation, tokens=300, usd_nanos=0)
+        (state,) = await ledger.snapshot([tokens_only])
+        assert (state.tokens.used, state.usd_nanos.used) == (300, 0)
+
+    run(scenario, redis_url)
+
+
+def test_an_unpriced_call_is_refused_by_a_stored_dollar_limit(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    async def scenario(link: RedisLink) -> None:
+        ledger = run_ledger(link)
+        # the first call names a dollar limit and has no price: refused, but the limit is fixed
+        with pytest.raises(Unpriced):
+            await ledger.reserve(
+                [run_scope(usd_nanos=1_000_000)], tokens=10, usd_nanos=None, ttl_seconds=30
+            )
+        assert redis_client.hget(ledger.keys(RUN_SCOPE)[0], "limits") == b"- 1000000"
+        # a later call that names no limit gets the stored dollar limit, so it is refused too
+        with pytest.raises(Unpriced) as refusal:
+            await ledger.reserve([run_scope()], tokens=10, usd_nanos=None, ttl_seconds=30)
+        assert refusal.value.scope == RUN_SCOPE
+        (state,) = await ledger.snapshot([run_scope()])
+        assert (state.tokens.reserved, state.usd_nanos.reserved) == (0, 0)
+        priced = await ledger.reserve([run_scope()], tokens=10, usd_nanos=5, ttl_seconds=30)
+        assert priced.usd_nanos == 5
+
+    run(scenario, redis_url)
+
+
+# --- tombstones and lost reservations ------------------------------------------------------------
+
+
+def tombstone(client: redis.Redis, ledger: BudgetLedger, reservation_id: str) -> float | None:
+    """The moment (unix ms) until which `reservation_id`'s tombstone is kept, or None."""
+    return client.zscore(ledger.keys("agent")[5], reservation_id)
+
+
+def test_settle_leaves_a_tombstone_until_ten_minutes_after_the_expiry(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    async def scenario(link: RedisLink) -> tuple[BudgetLedger, Reservation]:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
+        reservation = await ledger.reserve([AGENT], tokens=100, usd_nanos=1, ttl_seconds=30)
+        assert await ledger.settle(reservation, tokens=10, usd_nanos=1) is SettleOutcome.SETTLED
+        return ledger, reservation
+
+    ledger, reservation = run(scenario, redis_url)
+    assert tombstone(redis_client, ledger, reservation.id) == (
+        round(reservation.expires_at * 1000) + 600_000
+    )
+    # and the reservation itself is gone from every key
+    assert not redis_client.hexists(ledger.keys("agent")[3], reservation.id)
+    assert redis_client.zscore(ledger.keys("agent")[4], reservation.id) is None
+
+
+def test_an_expired_reservation_leaves_a_tombstone_when_it_is_charged(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    async def scenario(link: RedisLink) -> tuple[BudgetLedger, Reservation, float, float]:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
+        reservation = await ledger.reserve([AGENT], tokens=300, usd_nanos=0, ttl_seconds=0.1)
+        await poll(
+            partial(_after, link, reservation.expires_at + 0.01), within=10, what="the expiry"
+        )
+        before = await redis_seconds(link)
+        (state,) = await ledger.snapshot([AGENT])  # sweeps: charged in full
+        after = await redis_seconds(link)
+        assert (state.tokens.used, state.tokens.reserved) == (300, 0)
+        assert await ledger.settle(reservation, tokens=1, usd_nanos=0) is (
+            SettleOutcome.ALREADY_SETTLED
+        )
+        (state,) = await ledger.snapshot([AGENT])
+        assert state.tokens.used == 300
+        return ledger, reservation, before, after
+
+    ledger, reservation, before, after = run(scenario, redis_url)
+    kept_until = tombstone(redis_client, ledger, reservation.id)
+    assert kept_until is not None
+    assert before * 1000 + 600_000 - 1 <= kept_until <= after * 1000 + 600_000 + 1
+
+
+def test_tombstones_past_their_time_are_deleted_by_the_next_call(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    async def scenario(link: RedisLink) -> BudgetLedger:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
+        spent = await ledger.reserve([AGENT], tokens=1, usd_nanos=0, ttl_seconds=30)
+        await ledger.settle(spent, tokens=1, usd_nanos=0)
+        now_ms = round(await redis_seconds(link) * 1000)
+        await link.execute("ZADD", ledger.keys("agent")[5], now_ms - 1, "e" * 32)  # past
+        await ledger.snapshot([AGENT])
+        return ledger
+
+    ledger = run(scenario, redis_url)
+    assert tombstone(redis_client, ledger, "e" * 32) is None
+    assert redis_client.zcard(ledger.keys("agent")[5]) == 1  # the settled one stays
+
+
+def test_a_lost_reservation_is_still_charged_when_settled(tmp_path: Path) -> None:
+    """Redis restarted empty while a call was in flight: its real usage is recorded anyway."""
+    server = start_redis(tmp_path)
+    try:
+
+        async def reserve(link: RedisLink) -> Reservation:
+            ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
+            return await ledger.reserve([AGENT], tokens=5_000, usd_nanos=70, ttl_seconds=30)
+
+        reservation = run(reserve, server.url)
+        server.stop()
+        server = start_redis(tmp_path, port=server.port)  # not persistent: it comes back empty
+
+        async def settle(link: RedisLink) -> None:
+            ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
+            (state,) = await ledger.snapshot([AGENT])
+            assert (state.tokens.reserved, state.tokens.used) == (0, 0)
+            outcome = await ledger.settle(reservation, tokens=4_200, usd_nanos=60)
+            assert outcome is SettleOutcome.RECORDED_WITHOUT_RESERVATION
+            (state,) = await ledger.snapshot([AGENT])
+            assert (state.tokens.used, state.usd_nanos.used, state.tokens.reserved) == (
+                4_200,
+                60,
+                0,
+            )
+            # a repeat (the proxy retries settles until they land) is a no-op
+            again = await ledger.settle(reservation, tokens=4_200, usd_nanos=60)
+            assert again is SettleOutcome.ALREADY_SETTLED
+            (state,) = await ledger.snapshot([AGENT])
+            assert (state.tokens.used, state.usd_nanos.used) == (4_200, 60)
+            # and what was recorded counts against the budget
+            with pytest.raises(BudgetExceeded) as refusal:
+                await ledger.reserve([AGENT], tokens=6_000, usd_nanos=0, ttl_seconds=30)
+            assert refusal.value.used == 4_200
+
+        run(settle, server.url)
+    finally:
+        server.stop()
+
+
+def test_a_reserve_of_a_settled_id_reserves_nothing(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """A caller released an unconfirmed reservation (settle with zero) before its reserve
+    landed: the late reserve must not create a reservation that nobody will settle."""
+
+    async def scenario(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
+        unconfirmed = Reservation(
+            id="c" * 32, scopes=("agent",), tokens=800, usd_nanos=8, expires_at=0.0
+        )
+        outcome = await ledger.settle(unconfirmed, tokens=0, usd_nanos=0)
+        assert outcome is SettleOutcome.RECORDED_WITHOUT_RESERVATION
+        with pytest.raises(LedgerUnavailable, match="settled already") as refusal:
+            await ledger.reserve(
+                [AGENT], tokens=800, usd_nanos=8, ttl_seconds=30, reservation_id="c" * 32
+            )
+        assert refusal.value.unconfirmed is None  # nothing was reserved: nothing to release
+        (state,) = await ledger.snapshot([AGENT])
+        assert (state.tokens.reserved, state.tokens.used, state.usd_nanos.used) == (0, 0, 0)
+        # the same after a real settle
+        spent = await ledger.reserve([AGENT], tokens=10, usd_nanos=0, ttl_seconds=30)
+        await ledger.settle(spent, tokens=10, usd_nanos=0)
+        with pytest.raises(LedgerUnavailable):
+            await ledger.reserve(
+                [AGENT], tokens=10, usd_nanos=0, ttl_seconds=30, reservation_id=spent.id
+            )
+        (state,) = await ledger.snapshot([AGENT])
+        assert (state.tokens.reserved, state.tokens.used) == (0, 10)
+
+    run(scenario, redis_url)
+    assert not redis_client.hexists("kubeagents:{ns/writer}:agent:reservations", "c" * 32)
+
+
+# --- clamping and healing: keys lost by eviction or by hand --------------------------------------
+
+
+def assert_not_negative(state: Any) -> None:
+    for kind in (state.tokens, state.usd_nanos):
+        assert kind.used >= 0
+        assert kind.reserved >= 0
+        assert kind.remaining is None or kind.remaining >= 0
+
+
+LIMIT_1000 = Scope("agent", token_limit=1_000, usd_nanos_limit=1_000)
+
+
+@pytest.mark.parametrize(
+    ("lost", "after_loss", "settled_as", "final_used"),
+    [
+        # rebuilt from the buckets and the reservations
+        ("totals", (600, 100), SettleOutcome.SETTLED, 650),
+        # the totals still count the spend (until its window passes)
+        ("buckets", (600, 100), SettleOutcome.SETTLED, 650),
+        # indexed again from the buckets
+        ("bucket_starts", (600, 100), SettleOutcome.SETTLED, 650),
+        # the record is gone: settle charges the real usage; the reserved total heals later
+        ("reservations", (600, 100), SettleOutcome.RECORDED_WITHOUT_RESERVATION, 650),
+        # a reservation without an expiry is charged in full at once
+        ("reservation_expiry", (700, 0), SettleOutcome.ALREADY_SETTLED, 700),
+        ("settled", (600, 100), SettleOutcome.SETTLED, 650),
+    ],
+)
+def test_a_lost_key_never_makes_a_total_negative_nor_lets_an_overspend_through(
+    redis_url: str,
+    redis_client: redis.Redis,
+    lost: str,
+    after_loss: tuple[int, int],
+    settled_as: SettleOutcome,
+    final_used: int,
+) -> None:
+    async def scenario(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
+        spent = await ledger.reserve([LIMIT_1000], tokens=600, usd_nanos=600, ttl_seconds=30)
+        await ledger.settle(spent, tokens=600, usd_nanos=600)
+        outstanding = await ledger.reserve([LIMIT_1000], tokens=100, usd_nanos=100, ttl_seconds=30)
+        await link.execute("DEL", f"kubeagents:{{ns/writer}}:agent:{lost}")
+
+        (state,) = await ledger.snapshot([LIMIT_1000])
+        assert_not_negative(state)
+        assert (state.tokens.used, state.tokens.reserved) == after_loss
+        assert (state.usd_nanos.used, state.usd_nanos.reserved) == after_loss
+        # the spend that is still known keeps refusing what would go over the limit
+        with pytest.raises(BudgetExceeded):
+            await ledger.reserve([LIMIT_1000], tokens=400, usd_nanos=0, ttl_seconds=30)
+        assert await ledger.settle(outstanding, tokens=50, usd_nanos=50) is settled_as
+        (state,) = await ledger.snapshot([LIMIT_1000])
+        assert_not_negative(state)
+        assert (state.tokens.used, state.tokens.reserved) == (final_used, 0)
+        assert (state.usd_nanos.used, state.usd_nanos.reserved) == (final_used, 0)
+        with pytest.raises(BudgetExceeded):
+            await ledger.reserve(
+                [LIMIT_1000], tokens=1_000 - final_used + 1, usd_nanos=0, ttl_seconds=30
+            )
+        fits = await ledger.reserve(
+            [LIMIT_1000], tokens=1_000 - final_used, usd_nanos=0, ttl_seconds=30
+        )
+        assert fits.tokens == 1_000 - final_used
+
+    run(scenario, redis_url)
+
+
+@pytest.mark.parametrize(
+    "value", [b"-5000", b"12.5", b"garbage"], ids=["negative", "fraction", "garbage"]
+)
+def test_totals_that_are_not_counts_are_rebuilt(
+    redis_url: str, redis_client: redis.Redis, value: bytes
+) -> None:
+    async def scenario(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
+        spent = await ledger.reserve([LIMIT_1000], tokens=600, usd_nanos=0, ttl_seconds=30)
+        await ledger.settle(spent, tokens=600, usd_nanos=0)
+        await link.execute("HSET", ledger.keys("agent")[0], "used_tokens", value)
+        await link.execute("HSET", ledger.keys("agent")[0], "reserved_usd", value)
+        (state,) = await ledger.snapshot([LIMIT_1000])
+        assert_not_negative(state)
+        assert (state.tokens.used, state.tokens.reserved, state.usd_nanos.reserved) == (600, 0, 0)
+        with pytest.raises(BudgetExceeded):
+            await ledger.reserve([LIMIT_1000], tokens=401, usd_nanos=0, ttl_seconds=30)
+
+    run(scenario, redis_url)
+    totals = redis_client.hgetall("kubeagents:{ns/writer}:agent:totals")
+    assert totals[b"used_tokens"] == b"600"
+    assert totals[b"reserved_usd"] == b"0"
+
+
+def test_negative_amounts_stored_in_buckets_and_records_count_as_zero(redis_url: str) -> None:
+    async def scenario(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(
+            link, namespace="ns", agent="writer", window_seconds=2, bucket_seconds=1
+        )
+        keys = ledger.keys("agent")
+        now = int(await redis_seconds(link))
+        await link.execute("HSET", keys[1], f"{now}:tokens", -700, f"{now}:usd", 300)
+        await link.execute("ZADD", keys[2], now, now)
+        await link.execute("HSET", keys[3], "d" * 32, "-5 x")
+        await link.execute("ZADD", keys[4], (now + 60) * 1000, "d" * 32)
+        (state,) = await ledger.snapshot([LIMIT_1000])  # rebuilds the missing totals
+        assert_not_negative(state)
+        assert (state.tokens.used, state.usd_nanos.used) == (0, 300)
+        assert (state.tokens.reserved, state.usd_nanos.reserved) == (0, 0)
+
+        async def aged_out() -> bool:  # the bucket leaves the window: nothing goes below 0
+            (state,) = await ledger.snapshot([LIMIT_1000])
+            assert_not_negative(state)
+            return state.usd_nanos.used == 0
+
+        await poll(aged_out, within=15, what="the bucket to leave the window")
+
+    run(scenario, redis_url)
+
+
+def test_lost_buckets_count_until_their_window_has_passed(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    scope = Scope("agent", token_limit=1_000, usd_nanos_limit=None)
+
+    async def scenario(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(
+            link, namespace="ns", agent="writer", window_seconds=2, bucket_seconds=1
+        )
+        spent = await ledger.reserve([scope], tokens=900, usd_nanos=0, ttl_seconds=30)
+        await ledger.settle(spent, tokens=900, usd_nanos=0)
+        await link.execute("DEL", ledger.keys("agent")[1])  # the buckets
+
+        async def freed() -> bool:
+            (state,) = await ledger.snapshot([scope])
+            assert_not_negative(state)
+            if state.tokens.used:
+                assert state.tokens.used == 900  # counted, conservatively, until it ages out
+            return state.tokens.used == 0
+
+        await poll(freed, within=15, what="the lost spend to age out")
+        assert (await ledger.reserve([scope], tokens=1_000, usd_nanos=0, ttl_seconds=30)).tokens
+
+    run(scenario, redis_url)
+
+
+# --- durable reservations (WAIT) -----------------------------------------------------------------
+
+
+@dataclass
+class Replicated:
+    master: RedisServer
+    replica: RedisServer
+
+
+@pytest.fixture
+def replicated(tmp_path: Path) -> Iterator[Replicated]:
+    """A master and one replica of it (`REPLICAOF`), in sync."""
+    master = start_redis(tmp_path / "master")
+    replica = start_redis(tmp_path / "replica")
+    try:
+        with master.client() as client:
+            client.config_set("repl-diskless-sync-delay", 0)  # start the first sync at once
+        with replica.client() as client:
+            client.replicaof("127.0.0.1", master.port)
+        with master.client() as m, replica.client() as r:
+
+            def in_sync() -> bool:
+                info = m.info("replication")
+                return bool(
+                    r.info("replication")["master_link_status"] == "up"
+                    and info["connected_slaves"] == 1
+                    and info["slave0"]["state"] == "online"
+                )
+
+            wait_for(in_sync, timeout=20, what="the replica to sync with the master")
+        yield Replicated(master, replica)
+    finally:
+        replica.stop()
+        master.stop()
+
+
+def test_a_durable_reserve_waits_until_the_replica_has_it(
+    replicated: Replicated, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+
+    async def scenario(link: RedisLink) -> tuple[BudgetLedger, Reservation]:
+        ledger = BudgetLedger.for_agent(
+            link,
+            namespace="ns",
+            agent="writer",
+            durable_replicas=1,
+            durable_timeout_ms=4_000,  # WAIT answers as soon as the replica acknowledges
+        )
+        await ledger.snapshot([AGENT])  # loads the script
+        execute: Callable[..., Awaitable[Any]] = link.execute
+
+        async def recording(*args: Any) -> Any:
+            events.append(f"send {args[0]}")
+            reply = await execute(*args)
+            events.append(f"reply {args[0]}")
+            return reply
+
+        monkeypatch.setattr(link, "execute", recording)
+        reservation = await ledger.reserve([AGENT], tokens=100, usd_nanos=1, ttl_seconds=30)
+        # pipelined: WAIT is sent before the script's reply is awaited
+        assert events == ["send EVALSHA", "send WAIT", "reply EVALSHA", "reply WAIT"]
+        await ledger.settle(reservation, tokens=60, usd_nanos=1)
+        assert events[4:] == ["send EVALSHA", "reply EVALSHA"]  # settles do not wait
+        return ledger, reservation
+
+    with replicated.master.client() as master:
+        master.config_resetstat()
+        ledger, reservation = run(scenario, replicated.master.url)
+        assert master.info("commandstats")["cmdstat_wait"]["calls"] == 1
+    with replicated.replica.client() as replica:
+        # acknowledged means the replica has applied the reservation (and here the settle too,
+        # as replication keeps order; poll for that one, it was not waited for)
+        wait_for(
+            lambda: replica.zscore(ledger.keys("agent")[5], reservation.id) is not None,
+            timeout=10,
+            what="the settle to reach the replica",
+        )
+
+
+def test_a_durably_reserved_reservation_is_on_the_replica_when_reserve_returns(
+    replicated: Replicated,
+) -> None:
+    with replicated.replica.client() as replica:
+
+        async def scenario(link: RedisLink) -> None:
+            ledger = BudgetLedger.for_agent(
+                link, namespace="ns", agent="writer", durable_replicas=1, durable_timeout_ms=4_000
+            )
+            for _ in range(20):
+                reservation = await ledger.reserve([AGENT], tokens=10, usd_nanos=0, ttl_seconds=30)
+                assert replica.hget(ledger.keys("agent")[3], reservation.id) == b"10 0"
+
+        run(scenario, replicated.master.url)
+
+
+def test_a_reserve_too_few_replicas_acknowledge_is_released(replicated: Replicated) -> None:
+    async def scenario(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(
+            link, namespace="ns", agent="writer", durable_replicas=2, durable_timeout_ms=50
+        )
+        with pytest.raises(LedgerUnavailable) as refusal:
+            await ledger.reserve([AGENT], tokens=100, usd_nanos=1, ttl_seconds=30)
+        message = str(refusal.value)
+        assert message.startswith("reservation not acknowledged by 2 replica(s) within 50 ms (got ")
+        assert message.endswith(")")
+        unconfirmed = refusal.value.unconfirmed
+        assert unconfirmed is not None
+        assert (unconfirmed.tokens, unconfirmed.usd_nanos) == (100, 1)
+        (state,) = await ledger.snapshot([AGENT])
+        assert (state.tokens.reserved, state.tokens.used, state.usd_nanos.reserved) == (0, 0, 0)
+        # released for good: the caller's own release is a no-op
+        assert await ledger.settle(unconfirmed, tokens=0, usd_nanos=0) is (
+            SettleOutcome.ALREADY_SETTLED
+        )
+
+    run(scenario, replicated.master.url)
+
+
+def test_a_durable_reserve_fails_closed_when_the_replica_is_down(replicated: Replicated) -> None:
+    async def scenario(link: RedisLink) -> None:
+        patient, hasty = (
+            BudgetLedger.for_agent(
+                link, namespace="ns", agent="writer", durable_replicas=1, durable_timeout_ms=ms
+            )
+            for ms in (4_000, 100)
+        )
+        await patient.reserve([AGENT], tokens=100, usd_nanos=1, ttl_seconds=30)  # replica up
+        replicated.replica.stop()
+        with pytest.raises(LedgerUnavailable, match=r"by 1 replica\(s\) within 100 ms \(got 0\)"):
+            await hasty.reserve([AGENT], tokens=200, usd_nanos=1, ttl_seconds=30)
+        (state,) = await hasty.snapshot([AGENT])
+        assert state.tokens.reserved == 100  # only the first, acknowledged one
+
+    run(scenario, replicated.master.url)
+
+
+def test_a_durable_reserve_on_a_server_without_the_script_loads_it_and_waits_again(
+    replicated: Replicated,
+) -> None:
+    async def scenario(link: RedisLink) -> None:
+        ledger = BudgetLedger.for_agent(
+            link, namespace="ns", agent="writer", durable_replicas=1, durable_timeout_ms=4_000
+        )
+        await link.execute("SCRIPT", "FLUSH")  # e.g. a restarted or failed-over server
+        with replicated.master.client() as master, replicated.replica.client() as replica:
+            master.config_resetstat()
+            reservation = await ledger.reserve([AGENT], tokens=10, usd_nanos=0, ttl_seconds=30)
+            # the WAIT behind the refused EVALSHA covered nothing: it was sent again
+            assert master.info("commandstats")["cmdstat_wait"]["calls"] == 2
+            assert replica.hget(ledger.keys("agent")[3], reservation.id) == b"10 0"
+
+    run(scenario, replicated.master.url)

@@ -356,7 +356,7 @@ def test_a_run_budget_header_adds_a_second_scope_that_refuses_on_its_own(
     )
     assert run["scopes"][1]["scope"] == "run:team-run-7"
     assert run["scopes"][1]["tokens"]["used"] == 500
-    with pytest.raises(anthropic.RateLimitError, match="budget of scope run:team-run-7 exhausted"):
+    with pytest.raises(anthropic.RateLimitError, match="budget of run team-run-7 exhausted"):
         client.messages.create(model=MODEL, max_tokens=200, messages=HELLO)
     # The agent scope alone would have let it through.
     assert sdk(proxy).messages.create(model=MODEL, max_tokens=200, messages=HELLO).content

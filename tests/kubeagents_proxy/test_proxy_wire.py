@@ -68,14 +68,14 @@ def test_version_and_beta_headers_pass_through(
         headers={
             "x-api-key": "client",
             "anthropic-version": "2023-06-01",
-            "anthropic-beta": "some-beta-2026-01-01",
+            "anthropic-beta": "interleaved-thinking-2025-05-14",
             "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         },
     )
     assert response.status_code == 200, response.text
     (seen,) = fake_anthropic.requests()
     assert seen.headers["anthropic-version"] == "2023-06-01"
-    assert seen.headers["anthropic-beta"] == "some-beta-2026-01-01"
+    assert seen.headers["anthropic-beta"] == "interleaved-thinking-2025-05-14"
     assert seen.headers["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
 
 
