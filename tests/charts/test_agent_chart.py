@@ -36,6 +36,10 @@ from pydantic_settings import BaseSettings
 from harness.binaries import REPO, tool, tools_dir
 from kubeagents.task_command import TaskSettings
 from kubeagents_probe.settings import ProbeSettings
+from kubeagents_proxy.request_options import (
+    DEFAULT_ALLOWED_BETAS,
+    DEFAULT_INFERENCE_GEO_MULTIPLIERS,
+)
 from kubeagents_proxy.settings import ProxySettings
 from kubeagents_runtime.settings import RuntimeSettings
 
@@ -180,6 +184,7 @@ def test_the_ci_cases_cover_the_issue_list() -> None:
         "legacy-sidecars-values.yaml",
         "existing-secret-values.yaml",
         "external-redis-values.yaml",
+        "server-tools-values.yaml",
     } <= names
     assert {path.name for path in EXAMPLES} >= {"research-agent.yaml", "summarizer-agent.yaml"}
 
@@ -658,12 +663,23 @@ DISTINCT: dict[str, Any] = {
         "maxConcurrentTasks": 3, "taskTimeoutSeconds": 456, "maxTurns": 9, "maxTaskTokens": 98765,
         "maxTokens": 2048,
     },
-    "budgets": {"tokensPerDay": 4242424, "usdPerDay": 12.34, "failOpen": True},
+    "budgets": {"tokensPerDay": 4242424, "usdPerDay": 12.34, "failOpen": True,
+                "acceptEvictionRisk": True, "durableReplicas": 3, "durableTimeoutMs": 250},
     "prices": {"claude-opus-4-5": {"input": 4.5, "output": 22, "cacheWrite5m": 5.6,
-                                   "cacheWrite1h": 9, "cacheRead": 0.45}},
+                                   "cacheWrite1h": 9, "cacheRead": 0.45,
+                                   "longContext": {"thresholdTokens": 150000, "input": 9,
+                                                   "output": 33.5},
+                                   "fastMultiplier": 5.5}},
     "proxy": {
         "concurrencyWaitSeconds": 2.5, "connectTimeoutSeconds": 7, "streamIdleTimeoutSeconds": 33,
         "upstreamMaxRetries": 4, "maxBodyBytes": 1048576, "reservationGraceSeconds": 90,
+        "allowedServerTools": {
+            "web_search": {"maxTokensPerUse": 20000, "maxUses": 5},
+            "code_execution": {"maxTokensPerUse": 7000, "usdPerUse": 0.05, "maxUses": 2},
+            "mcp_servers": {"maxTokensPerUse": 3000, "maxUses": 9},
+        },
+        "allowedBetas": ["context-1m-2025-08-07", "example-beta-2026-01-01"],
+        "inferenceGeoMultipliers": {"global": 1, "us": 1.25, "eu": 1.5},
     },
     "probe": {
         "intervalSeconds": 45, "jitterRatio": 0.25, "timeoutSeconds": 12, "failureThreshold": 5,
@@ -710,6 +726,9 @@ ROUND_TRIP: dict[str, list[tuple[str, str]]] = {
     "budgets.tokensPerDay": [("proxy", "budget_tokens_per_day")],
     "budgets.usdPerDay": [("proxy", "budget_usd_per_day")],
     "budgets.failOpen": [("proxy", "budget_fail_open")],
+    "budgets.acceptEvictionRisk": [("proxy", "accept_eviction_risk")],
+    "budgets.durableReplicas": [("proxy", "durable_replicas")],
+    "budgets.durableTimeoutMs": [("proxy", "durable_timeout_ms")],
     "prices": [("proxy", "prices")],
     "proxy.concurrencyWaitSeconds": [("proxy", "concurrency_wait_seconds")],
     "proxy.connectTimeoutSeconds": [("proxy", "connect_timeout_seconds")],
@@ -717,6 +736,9 @@ ROUND_TRIP: dict[str, list[tuple[str, str]]] = {
     "proxy.upstreamMaxRetries": [("proxy", "upstream_max_retries")],
     "proxy.maxBodyBytes": [("proxy", "max_body_bytes")],
     "proxy.reservationGraceSeconds": [("proxy", "reservation_grace_seconds")],
+    "proxy.allowedServerTools": [("proxy", "allowed_server_tools")],
+    "proxy.allowedBetas": [("proxy", "allowed_betas")],
+    "proxy.inferenceGeoMultipliers": [("proxy", "inference_geo_multipliers")],
     "probe.intervalSeconds": [("probe", "interval_seconds")],
     "probe.jitterRatio": [("probe", "jitter_ratio")],
     "probe.timeoutSeconds": [("probe", "timeout_seconds")],
@@ -767,10 +789,14 @@ def at(tree: dict[str, Any], path: str) -> Any:
     return node
 
 
+# maps whose keys are data (models, servers, tool families, geos), each one value
+MAP_VALUES = ("prices", "mcpServers", "allowedServerTools", "inferenceGeoMultipliers")
+
+
 def leaves(tree: dict[str, Any], prefix: str = "") -> Iterator[str]:
     for key, value in tree.items():
         path = f"{prefix}{key}"
-        if isinstance(value, dict) and value and key not in ("prices", "mcpServers"):
+        if isinstance(value, dict) and value and key not in MAP_VALUES:
             yield from leaves(value, f"{path}.")
         else:
             yield path
@@ -875,10 +901,53 @@ def test_null_limits_leave_the_variable_out_so_the_process_default_applies(
     by_name = containers(helm_chart.template(BASE))
     proxy = set(env_of(by_name["proxy"]))
     for name in ("MAX_CONCURRENT_CALLS_PER_AGENT", "REQUESTS_PER_MINUTE", "BUDGET_TOKENS_PER_DAY",
-                 "BUDGET_USD_PER_DAY"):  # fmt: skip
+                 "BUDGET_USD_PER_DAY", "ALLOWED_BETAS", "INFERENCE_GEO_MULTIPLIERS"):  # fmt: skip
         assert f"KUBEAGENTS_PROXY_{name}" not in proxy
     assert "KUBEAGENTS_PROBE_VERDICT_TTL_SECONDS" not in env_of(by_name["probe"])
     assert "KUBEAGENTS_PROBE_JUDGE_MODEL" not in env_of(by_name["probe"])
+
+
+def test_server_tools_betas_geos_and_durability_default_to_the_proxys_safe_settings(
+    helm_chart: Helm, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """By default no server tool is allowed, the proxy's own beta list and geo multipliers
+    apply, an evicting Redis is refused and reservations do not wait for replicas."""
+    docs = helm_chart.template(BASE)
+    env = plain_env(containers(docs)["proxy"])
+    assert env["KUBEAGENTS_PROXY_ALLOWED_SERVER_TOOLS"] == "{}"
+    assert env["KUBEAGENTS_PROXY_ACCEPT_EVICTION_RISK"] == "false"
+    assert env["KUBEAGENTS_PROXY_DURABLE_REPLICAS"] == "0"
+    assert env["KUBEAGENTS_PROXY_DURABLE_TIMEOUT_MS"] == "100"
+    proxy = build_settings(docs, monkeypatch, tmp_path)["proxy"]["KUBEAGENTS_PROXY_"]
+    assert isinstance(proxy, ProxySettings)
+    assert proxy.allowed_server_tools == {}
+    assert proxy.allowed_betas == list(DEFAULT_ALLOWED_BETAS)
+    assert proxy.inference_geo_multipliers == DEFAULT_INFERENCE_GEO_MULTIPLIERS
+    assert proxy.accept_eviction_risk is False
+    assert (proxy.durable_replicas, proxy.durable_timeout_ms) == (0, 100)
+
+
+def test_the_documented_server_tool_example_becomes_the_proxys_json(
+    helm_chart: Helm, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The values.yaml example, as JSON the proxy reads (camelCase keys, integers stay
+    integers), and `allowedBetas: []` (no betas at all) is not the same as null."""
+    values = {"proxy": {"allowedServerTools": {"web_search": {"maxTokensPerUse": 20000,
+                                                              "maxUses": 5}},
+                        "allowedBetas": []}}  # fmt: skip
+    docs = helm_chart.template(merged(BASE, values))
+    env = plain_env(containers(docs)["proxy"])
+    assert json.loads(env["KUBEAGENTS_PROXY_ALLOWED_SERVER_TOOLS"]) == {
+        "web_search": {"maxTokensPerUse": 20000, "maxUses": 5}
+    }
+    assert '"maxTokensPerUse":20000' in env["KUBEAGENTS_PROXY_ALLOWED_SERVER_TOOLS"]
+    assert env["KUBEAGENTS_PROXY_ALLOWED_BETAS"] == "[]"
+    proxy = build_settings(docs, monkeypatch, tmp_path)["proxy"]["KUBEAGENTS_PROXY_"]
+    assert isinstance(proxy, ProxySettings)
+    [(family, allowance)] = proxy.allowed_server_tools.items()
+    assert (family, allowance.max_tokens_per_use, allowance.max_uses) == ("web_search", 20000, 5)
+    assert allowance.usd_per_use is None  # the proxy's built-in fee applies
+    assert proxy.allowed_betas == []
 
 
 def test_the_redis_url_comes_from_the_platform_secret_by_default(helm_chart: Helm) -> None:
@@ -908,7 +977,7 @@ def test_agent_name_namespace_and_otel_reach_every_process(helm_chart: Helm) -> 
 # --- invalid values ----------------------------------------------------------------------------
 
 INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
-    ("typo at the top level", {"modle": "claude-sonnet-4-5"},
+    ("typo at the top level", {"modle": "claude-sonnet-5-5"},
      ["at ''", "additional properties 'modle' not allowed"]),
     ("typo inside limits", {"limits": {"maxTokenPerCall": 1000}},
      ["at '/limits'", "'maxTokenPerCall' not allowed"]),
@@ -937,6 +1006,71 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
     ("missing model", {"model": None}, ["missing property 'model'"]),
     ("price without output", {"prices": {"claude-x": {"input": 1}}},
      ["at '/prices/claude-x'", "missing property 'output'"]),
+    ("typo in a price", {"prices": {"claude-x": {"input": 1, "output": 2, "fastMultplier": 6}}},
+     ["at '/prices/claude-x'", "'fastMultplier' not allowed"]),
+    ("fast multiplier below 1", {"prices": {"claude-x": {"input": 1, "output": 2,
+                                                         "fastMultiplier": 0.5}}},
+     ["at '/prices/claude-x/fastMultiplier'", "minimum"]),
+    ("long-context tier without a threshold",
+     {"prices": {"claude-x": {"input": 1, "output": 2, "longContext": {"input": 2, "output": 4}}}},
+     ["at '/prices/claude-x/longContext'", "missing property 'thresholdTokens'"]),
+    ("long-context threshold as text",
+     {"prices": {"claude-x": {"input": 1, "output": 2,
+                              "longContext": {"thresholdTokens": "200k", "input": 2,
+                                              "output": 4}}}},
+     ["at '/prices/claude-x/longContext/thresholdTokens'", "got string, want integer"]),
+    ("typo in a long-context tier",
+     {"prices": {"claude-x": {"input": 1, "output": 2,
+                              "longContext": {"thresholdTokens": 9, "input": 2, "output": 4,
+                                              "cacheRead": 1}}}},
+     ["at '/prices/claude-x/longContext'", "'cacheRead' not allowed"]),
+    ("typo in a server tool", {"proxy": {"allowedServerTools": {"web_search": {
+        "maxTokensPerUse": 20000, "maxUse": 5}}}},
+     ["at '/proxy/allowedServerTools/web_search'", "'maxUse' not allowed"]),
+    ("server tool without its token bound", {"proxy": {"allowedServerTools": {"web_fetch": {
+        "maxUses": 3}}}},
+     ["at '/proxy/allowedServerTools/web_fetch'", "missing property 'maxTokensPerUse'"]),
+    ("server tool token bound 0", {"proxy": {"allowedServerTools": {"web_search": {
+        "maxTokensPerUse": 0}}}},
+     ["at '/proxy/allowedServerTools/web_search/maxTokensPerUse'", "minimum: got 0, want 1"]),
+    ("server tool uses as text", {"proxy": {"allowedServerTools": {"web_search": {
+        "maxTokensPerUse": 100, "maxUses": "five"}}}},
+     ["at '/proxy/allowedServerTools/web_search/maxUses'", "got string, want integer"]),
+    ("negative server tool fee", {"proxy": {"allowedServerTools": {"web_search": {
+        "maxTokensPerUse": 100, "usdPerUse": -0.01}}}},
+     ["at '/proxy/allowedServerTools/web_search/usdPerUse'", "minimum"]),
+    ("dated server tool type instead of its family", {"proxy": {"allowedServerTools": {
+        "web_search_20250305": {"maxTokensPerUse": 100}}}},
+     ["invalid propertyName 'web_search_20250305'", "'not' failed"]),
+    ("MCP connector without maxUses", {"proxy": {"allowedServerTools": {"mcp_servers": {
+        "maxTokensPerUse": 100}}}},
+     ["at '/proxy/allowedServerTools/mcp_servers'", "missing property 'maxUses'"]),
+    ("server tools as a list", {"proxy": {"allowedServerTools": ["web_search"]}},
+     ["at '/proxy/allowedServerTools'", "got array, want object"]),
+    ("betas as one string", {"proxy": {"allowedBetas": "context-1m-2025-08-07"}},
+     ["at '/proxy/allowedBetas'", "got string, want null or array"]),
+    ("two betas in one item", {"proxy": {"allowedBetas": ["a-2025-01-01,b-2025-01-01"]}},
+     ["at '/proxy/allowedBetas/0'", "does not match pattern"]),
+    ("geo multiplier below 1", {"proxy": {"inferenceGeoMultipliers": {"us": 0.9}}},
+     ["at '/proxy/inferenceGeoMultipliers/us'", "minimum"]),
+    ("geo multiplier as text", {"proxy": {"inferenceGeoMultipliers": {"us": "high"}}},
+     ["at '/proxy/inferenceGeoMultipliers/us'", "got string, want number"]),
+    ("typo inside proxy", {"proxy": {"allowedServerTool": {}}},
+     ["at '/proxy'", "'allowedServerTool' not allowed"]),
+    ("eviction risk as text", {"budgets": {"acceptEvictionRisk": "yes"}},
+     ["at '/budgets/acceptEvictionRisk'", "got string, want boolean"]),
+    ("typo inside budgets", {"budgets": {"durableReplica": 1}},
+     ["at '/budgets'", "'durableReplica' not allowed"]),
+    ("too many durable replicas", {"budgets": {"durableReplicas": 17}},
+     ["at '/budgets/durableReplicas'", "maximum: got 17, want 16"]),
+    ("negative durable replicas", {"budgets": {"durableReplicas": -1}},
+     ["at '/budgets/durableReplicas'", "minimum"]),
+    ("fractional durable replicas", {"budgets": {"durableReplicas": 1.5}},
+     ["at '/budgets/durableReplicas'", "want integer"]),
+    ("durable timeout 0", {"budgets": {"durableTimeoutMs": 0}},
+     ["at '/budgets/durableTimeoutMs'", "minimum: got 0, want 1"]),
+    ("durable timeout too long", {"budgets": {"durableTimeoutMs": 20000}},
+     ["at '/budgets/durableTimeoutMs'", "maximum"]),
     ("not an OTEL_ variable", {"otel": {"KUBEAGENTS_PROXY_HOST": "0.0.0.0"}},
      ["'KUBEAGENTS_PROXY_HOST'", "does not match pattern"]),
     ("jitter too large", {"probe": {"jitterRatio": 0.9}},

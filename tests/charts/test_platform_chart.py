@@ -8,6 +8,7 @@ values.yaml, so it cannot go stale.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -27,6 +28,8 @@ import yaml
 from harness.binaries import REPO, tool, tools_dir
 from harness.controlplane import ControlPlane
 from harness.processes import HarnessError, ManagedProcess, free_port, wait_for
+from kubeagents.redis_link import RedisLink
+from kubeagents_proxy.redis_policy import EvictionPolicyCheck
 
 CHART = REPO / "charts" / "kubeagents"
 CI_FILES = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -535,6 +538,24 @@ def run_probe(probe: Obj, env: dict[str, str]) -> subprocess.CompletedProcess[st
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=10, check=False)
 
 
+def proxy_refusal(url: str) -> str | None:
+    """Why the proxy would refuse to meter on this Redis (None: it meters). Its eviction-policy
+    check runs on each new connection and, by default, refuses a policy that can evict the
+    ledger's keys."""
+
+    async def connect() -> str | None:
+        link = RedisLink(url, on_connect=EvictionPolicyCheck(accept_risk=False))
+        try:
+            assert await link.ping()
+        except redis.ConnectionError as error:
+            return str(error)
+        finally:
+            await link.aclose()
+        return None
+
+    return asyncio.run(connect())
+
+
 @pytest.fixture
 def rendered_processes() -> Iterator[list[RenderedRedis]]:
     started: list[RenderedRedis] = []
@@ -569,6 +590,13 @@ def test_the_rendered_container_runs_a_password_protected_redis_whose_aof_surviv
         }
         assert client.info("replication")["role"] == "master"
         client.set("kubeagents:{agents/research}:agent:totals", "42")
+    # the ledger's keys carry TTLs: the proxy refuses to meter on a policy that could evict them
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
+    assert proxy_refusal(url) is None
+    with master.client(password) as client:  # the check is not vacuous
+        client.config_set("maxmemory-policy", "volatile-lru")
+        assert "maxmemory-policy is volatile-lru" in (proxy_refusal(url) or "")
+        client.config_set("maxmemory-policy", "noeviction")
 
     # The probes, as the kubelet runs them: authenticated by REDISCLI_AUTH.
     for probe in ("readinessProbe", "livenessProbe"):

@@ -28,6 +28,9 @@ The LLM proxy: the only container with the API key.
   (print $p "BUDGET_TOKENS_PER_DAY") .Values.budgets.tokensPerDay
   (print $p "BUDGET_USD_PER_DAY") .Values.budgets.usdPerDay
   (print $p "BUDGET_FAIL_OPEN") .Values.budgets.failOpen
+  (print $p "ACCEPT_EVICTION_RISK") .Values.budgets.acceptEvictionRisk
+  (print $p "DURABLE_REPLICAS") .Values.budgets.durableReplicas
+  (print $p "DURABLE_TIMEOUT_MS") .Values.budgets.durableTimeoutMs
   (print $p "REDIS_CLUSTER") .Values.redis.cluster
   (print $p "PRICES") .Values.prices
   (print $p "CONCURRENCY_WAIT_SECONDS") .Values.proxy.concurrencyWaitSeconds
@@ -36,6 +39,9 @@ The LLM proxy: the only container with the API key.
   (print $p "UPSTREAM_MAX_RETRIES") .Values.proxy.upstreamMaxRetries
   (print $p "MAX_BODY_BYTES") .Values.proxy.maxBodyBytes
   (print $p "RESERVATION_GRACE_SECONDS") .Values.proxy.reservationGraceSeconds
+  (print $p "ALLOWED_SERVER_TOOLS") .Values.proxy.allowedServerTools
+  (print $p "ALLOWED_BETAS") .Values.proxy.allowedBetas
+  (print $p "INFERENCE_GEO_MULTIPLIERS") .Values.proxy.inferenceGeoMultipliers
 -}}
 - name: proxy
   image: {{ include "agent.image" . | quote }}
