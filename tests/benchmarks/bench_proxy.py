@@ -7,6 +7,7 @@ LiteLLM in its own venv under the cache folder), measures, stops everything, and
 line:
 
     bench-proxy: overhead_p50_ms=.. overhead_p99_ms=.. rps=.. litellm_rps=.. ratio=.. rss_mb=..
+                 durable_p50_added_ms=.. durable_rps_ratio=..
 
 What is measured, and how (README.md beside this file says more):
 
@@ -20,7 +21,10 @@ What is measured, and how (README.md beside this file says more):
    then against the fake;
 3. time to first byte of streams (`"stream": true`), proxy vs direct, like 1;
 4. idle RSS (VmRSS) of the proxy and of the fake right after start-up, before any request;
-5. the throughput load of 2 through LiteLLM's proxy (one worker, a budget configured).
+5. the throughput load of 2 through LiteLLM's proxy (one worker, a budget configured);
+6. the cost of durable reservations: a second proxy with `durable_replicas=1` (Redis WAIT for
+   one replica after each reservation) against the same Redis with a replica attached, side by
+   side with the first at 500 req/s (p50/p99 added) and at peak (throughput ratio).
 
 The two cores are shared the same way in every throughput run: the server under test alone on
 CPU 0; the load generator, the fake upstream and redis-server on CPU 1.
@@ -54,9 +58,9 @@ REPO_DIR = TESTS_DIR.parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
-from harness.processes import HarnessError, ManagedProcess, free_port  # noqa: E402
-from harness.proxy import start_proxy  # noqa: E402
-from harness.redis_servers import start_redis  # noqa: E402
+from harness.processes import HarnessError, ManagedProcess, free_port, wait_for  # noqa: E402
+from harness.proxy import ProxyProcess, start_proxy  # noqa: E402
+from harness.redis_servers import RedisServer, start_redis  # noqa: E402
 
 KUBEAGENTS = Path(sys.executable).parent / "kubeagents"
 LOADGEN = BENCH_DIR / "loadgen.py"
@@ -70,6 +74,7 @@ BODY = {"model": MODEL, "max_tokens": 32, "messages": [{"role": "user", "content
 STREAM_BODY = {**BODY, "stream": True}
 BUDGET_TOKENS_PER_DAY = 1_000_000_000_000
 MAX_CONCURRENT_CALLS = 512
+DURABLE_TIMEOUT_MS = 100
 LATENCY_RATE = 500.0
 WRK_CONNECTIONS = 32
 THROUGHPUT_RUNS = 3
@@ -501,6 +506,75 @@ def check_target(name: str, value: float | None) -> str:
     return f"{'ok' if met else 'MISSED'} (target {op} {bound:g})"
 
 
+def proxy_settings(redis_server: RedisServer, **extra: Any) -> dict[str, Any]:
+    """The benchmarked proxy's settings: budgets on, a budget no run exhausts."""
+    return {
+        "redis_url": redis_server.url,
+        "budget_tokens_per_day": BUDGET_TOKENS_PER_DAY,
+        "max_concurrent_calls": MAX_CONCURRENT_CALLS,
+        **extra,
+    }
+
+
+def durable_reservations(
+    args: argparse.Namespace,
+    workdir: Path,
+    master: RedisServer,
+    proxy: ProxyProcess,
+    fake_url: str,
+    phase: float,
+) -> dict[str, float]:
+    """The cost of `durable_replicas=1`: the same proxy settings with and without Redis WAIT,
+    both against the master with one replica attached, side by side in one run."""
+    say()
+    say(
+        "durable reservations: durable_replicas=1 (WAIT for one replica, timeout "
+        f"{DURABLE_TIMEOUT_MS} ms) vs 0, both with a replica attached to the ledger's Redis"
+    )
+    replica = start_redis(workdir / "redis-replica")
+    pin(replica.process.pid, LOAD_CPU)
+    durable: ProxyProcess | None = None
+    try:
+        with replica.client() as client:
+            client.replicaof("127.0.0.1", master.port)
+        with master.client() as client:
+            wait_for(
+                lambda: client.info("replication").get("connected_slaves") == 1,
+                timeout=30,
+                what="the replica to attach",
+            )
+        durable = start_proxy(
+            workdir / "proxy-durable",
+            upstream_url=fake_url,
+            settings=proxy_settings(
+                master, durable_replicas=1, durable_timeout_ms=DURABLE_TIMEOUT_MS
+            ),
+            name="proxy-durable",
+        )
+        pin(durable.process.pid, SERVER_CPU)
+        smoke("proxy-durable", durable.url, {"x-api-key": "bench-key"})
+        targets = {"plain": proxy.url + "/v1/messages", "durable": durable.url + "/v1/messages"}
+        latency = run_loadgen(targets, body=BODY, phase_seconds=phase)["targets"]
+        plain_ms, durable_ms = latency["plain"]["latency_ms"], latency["durable"]["latency_ms"]
+        say(
+            f"  at {LATENCY_RATE:.0f} req/s: p50 {plain_ms['p50']:.3f} -> "
+            f"{durable_ms['p50']:.3f} ms ({durable_ms['p50'] - plain_ms['p50']:+.3f}), "
+            f"p99 {plain_ms['p99']:.3f} -> {durable_ms['p99']:.3f} ms "
+            f"({durable_ms['p99'] - plain_ms['p99']:+.3f})"
+        )
+        plain_rps = throughput("proxy, no WAIT", proxy.url, args.duration, warmup=args.warmup)
+        durable_rps = throughput("proxy, WAIT 1", durable.url, args.duration, warmup=args.warmup)
+        say(f"  durable throughput is {durable_rps / plain_rps:.0%} of the plain proxy's")
+        return {
+            "durable_p50_added_ms": durable_ms["p50"] - plain_ms["p50"],
+            "durable_rps_ratio": durable_rps / plain_rps,
+        }
+    finally:
+        if durable is not None:
+            durable.stop()
+        replica.stop()
+
+
 def benchmark(args: argparse.Namespace, workdir: Path) -> str:
     for tool in ("wrk", "redis-server", "taskset"):
         if shutil.which(tool) is None:
@@ -526,11 +600,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> str:
     proxy = start_proxy(
         workdir / "proxy",
         upstream_url=fake_url,
-        settings={
-            "redis_url": redis_server.url,
-            "budget_tokens_per_day": BUDGET_TOKENS_PER_DAY,
-            "max_concurrent_calls": MAX_CONCURRENT_CALLS,
-        },
+        settings=proxy_settings(redis_server),
     )
     proxy_pid = proxy.process.pid
     pin(proxy_pid, SERVER_CPU)
@@ -626,6 +696,8 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> str:
     )
     pin(fake.pid, LOAD_CPU)
 
+    durable = durable_reservations(args, workdir, redis_server, proxy, fake_url, phase)
+
     budget = get_json(proxy.admin_url + "/kubeagents/budget")
     tokens = budget["scopes"][0]["tokens"]
     say(
@@ -689,7 +761,9 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> str:
         f"bench-proxy: overhead_p50_ms={number(overhead_p50, 3)} "
         f"overhead_p99_ms={number(overhead_p99, 3)} rps={number(rps, 0)} "
         f"litellm_rps={number(litellm_rps, 1)} ratio={number(ratio, 1)} "
-        f"rss_mb={number(proxy_rss, 1)}"
+        f"rss_mb={number(proxy_rss, 1)} "
+        f"durable_p50_added_ms={number(durable['durable_p50_added_ms'], 3)} "
+        f"durable_rps_ratio={number(durable['durable_rps_ratio'], 2)}"
     )
 
 
