@@ -537,11 +537,10 @@ def durable_reservations(
     try:
         with replica.client() as client:
             client.replicaof("127.0.0.1", master.port)
-        with master.client() as client:
             wait_for(
-                lambda: client.info("replication").get("connected_slaves") == 1,
+                lambda: client.info("replication").get("master_link_status") == "up",
                 timeout=30,
-                what="the replica to attach",
+                what="the replica to finish its first sync",
             )
         durable = start_proxy(
             workdir / "proxy-durable",
