@@ -11,7 +11,12 @@ Keys (all with the agent's hash tag, so one Lua script can touch them all; `agen
   `failed_at`);
 - `…:task:<id>`: hash: the task's state and result (the `ResultField`s);
 - `…:task:<id>:checkpoint`: string (JSON): the conversation so far, so a reclaimed task resumes
-  without repeating tool calls.
+  without repeating tool calls;
+- `…:tasks:done`: stream: one entry per task of a team run that reached a final status (fields
+  `id`, `run`, `step`, `status`, `finished_at`), appended by the same script that writes the
+  final result, so whoever drives the run (the operator) learns of it without polling;
+- `…:cancelled:<run>`: string, set by whoever cancels run `<run>`: the runtime checks it before
+  every model turn of the run's tasks, and fails them (`run cancelled`) instead.
 
 A task id is at most 64 characters of `[A-Za-z0-9._:-]`; the submitter may choose it (a retried
 submission with the same id is not queued twice) or leave it to `submit`, which picks a random
@@ -40,6 +45,7 @@ from kubeagents.redis_link import RedisLink
 
 GROUP = "runtime"
 MAX_INPUT_BYTES = 256 * 1024
+MAX_RUN_BUDGET_CHARS = 512
 STREAM_MAX_LEN = 100_000  # approximate trimming (MAXLEN ~) on every XADD
 RESULT_TTL_SECONDS = 7 * 86400
 TASK_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -54,6 +60,7 @@ class MessageField(StrEnum):
     TRACEPARENT = "traceparent"  # W3C trace context of the submitter ("" when none)
     RUN = "run"  # the AgentRun this task belongs to ("" when none)
     STEP = "step"  # the step of that run ("" when none)
+    RUN_BUDGET = "run_budget"  # the run's `kubeagents-run-budget` header value ("" when none)
     SUBMITTED_AT = "submitted_at"  # unix ms
 
 
@@ -75,6 +82,18 @@ class ResultField(StrEnum):
     FINISHED_AT = "finished_at"
     TRACE_ID = "trace_id"
     RECLAIMS = "reclaims"  # how often a pod took the task over from a pod that stopped
+    RUN = "run"  # the AgentRun of the task ("" when none), written at submit
+    STEP = "step"  # its step ("" when none)
+
+
+class DoneField(StrEnum):
+    """The fields of an entry of `…:tasks:done`."""
+
+    ID = "id"
+    RUN = "run"
+    STEP = "step"
+    STATUS = "status"  # succeeded, failed or dead
+    FINISHED_AT = "finished_at"  # unix ms
 
 
 class Status(StrEnum):
@@ -104,7 +123,9 @@ class QueueKeys:
     stream: str
     delayed: str
     dead: str
+    done: str
     prefix: str
+    agent_prefix: str
 
     @classmethod
     def of(cls, namespace: str, agent: str) -> QueueKeys:
@@ -112,8 +133,14 @@ class QueueKeys:
             stream=agent_key(namespace, agent, "tasks"),
             delayed=agent_key(namespace, agent, "tasks:delayed"),
             dead=agent_key(namespace, agent, "tasks:dead"),
+            done=agent_key(namespace, agent, "tasks:done"),
             prefix=agent_key(namespace, agent, "task:"),
+            agent_prefix=agent_key(namespace, agent, ""),
         )
+
+    def cancelled(self, run: str) -> str:
+        """The mark that cancels the tasks of run `run` on this agent."""
+        return f"{self.agent_prefix}cancelled:{run}"
 
     def result(self, task_id: str) -> str:
         return f"{self.prefix}{task_id}"
@@ -182,11 +209,12 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[2], 'status', 'queued', 'attempts', 0, 'submitted_at', now)
+redis.call('HSET', KEYS[2], 'status', 'queued', 'attempts', 0, 'submitted_at', now,
+  'run', ARGV[6], 'step', ARGV[7])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*',
   'id', ARGV[3], 'input', ARGV[4], 'attempt', 1, 'traceparent', ARGV[5],
-  'run', ARGV[6], 'step', ARGV[7], 'submitted_at', now)
+  'run', ARGV[6], 'step', ARGV[7], 'run_budget', ARGV[8], 'submitted_at', now)
 return {1, 'queued'}
 """
 
@@ -214,10 +242,17 @@ class TaskQueue:
         traceparent: str = "",
         run: str = "",
         step: str = "",
+        run_budget: str = "",
     ) -> Submitted:
-        """Validate and queue a task (nothing is written when the input is invalid)."""
+        """Validate and queue a task (nothing is written when the input is invalid).
+        `run_budget` is the run's `kubeagents-run-budget` header value, which the runtime
+        sends with every model call of the task."""
         document = parse_input(raw_input)
         task_id = validate_task_id(task_id) if task_id is not None else new_task_id()
+        if len(run_budget) > MAX_RUN_BUDGET_CHARS or not run_budget.isprintable():
+            raise InvalidTask(f"run_budget: at most {MAX_RUN_BUDGET_CHARS} printable characters")
+        if run_budget and not run:
+            raise InvalidTask("run_budget: only a task of a run (run set) has a run budget")
         created, status = await self._submit(
             keys=[self.keys.stream, self.keys.result(task_id)],
             args=[
@@ -228,6 +263,7 @@ class TaskQueue:
                 traceparent,
                 run,
                 step,
+                run_budget,
             ],
         )
         return Submitted(task_id, bool(created), as_text(status))

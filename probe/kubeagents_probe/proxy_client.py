@@ -28,7 +28,7 @@ from typing import Any
 
 import aiohttp
 
-from kubeagents_probe.settings import PROBE_CALL_HEADER
+from kubeagents.headers import PROBE_CALL_HEADER
 
 ANTHROPIC_VERSION = "2023-06-01"
 

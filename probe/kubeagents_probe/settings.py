@@ -20,8 +20,6 @@ from kubeagents.agent import AgentSettings, HttpBaseUrl, RedisUrl
 from kubeagents.mcp_client import McpServer
 from kubeagents.redis_link import Endpoint
 
-PROBE_CALL_HEADER = "kubeagents-probe"  # the proxy counts these calls apart (docs/proxy.md)
-
 
 class ExpectKind(StrEnum):
     """How the validator's reply is judged."""

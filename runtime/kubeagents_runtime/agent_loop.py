@@ -11,6 +11,7 @@ Failures of the model call raise (see failures.classify); the worker decides abo
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from kubeagents_runtime.checkpoint import Checkpoints, Conversation
+from kubeagents_runtime.failures import RunCancelled
 from kubeagents_runtime.metrics import RuntimeMetrics
 from kubeagents_runtime.settings import RuntimeSettings
 from kubeagents_runtime.toolbox import Toolbox
@@ -69,7 +71,16 @@ class AgentLoop:
         self.tracer = tracer
         self.system = settings.system_prompt()
 
-    async def run(self, task_id: str, prompt: str, trace_headers: dict[str, str]) -> Outcome:
+    async def run(
+        self,
+        task_id: str,
+        prompt: str,
+        trace_headers: dict[str, str],
+        cancelled: Callable[[], Awaitable[bool]] | None = None,
+    ) -> Outcome:
+        """Run the task to its end; `cancelled` (a team run's cancel mark) is asked before every
+        model turn, and a True raises `RunCancelled`: no model call after a cancel beyond the
+        one in flight."""
         conversation = await self.checkpoints.load(task_id)
         if conversation is None:
             conversation = Conversation(messages=[{"role": "user", "content": prompt}])
@@ -86,6 +97,8 @@ class AgentLoop:
             left = self.settings.max_task_tokens - conversation.tokens
             if left <= 0:
                 return Outcome(final_text(conversation), "token_ceiling", conversation)
+            if cancelled is not None and await cancelled():
+                raise RunCancelled
             await self._model_turn(task_id, conversation, left, trace_headers)
 
     async def _model_turn(

@@ -4,7 +4,9 @@
   `retry-after` header), timeouts, connection failures, Redis errors. Retried with exponential
   backoff and jitter, or after `retry_after` when the proxy said so, until `max_attempts`.
 - `Permanent`: the request itself is wrong (400, 401, 403, 404, 413, 422): another attempt would
-  fail the same way, so the task fails at once.
+  fail the same way, so the task fails at once; so does a 429 of the team run's budget
+  (`kubeagents-budget-scope: run`: "BudgetExceeded: …"), and a cancelled run
+  (`RunCancelled`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import math
 
 import anthropic
+
+from kubeagents.headers import BUDGET_SCOPE_HEADER
 
 
 class TaskFailure(Exception):
@@ -33,6 +37,11 @@ class Permanent(TaskFailure):
     retryable = False
 
 
+class RunCancelled(Permanent):
+    def __init__(self) -> None:
+        super().__init__("run cancelled")
+
+
 def _retry_after(headers: object) -> float | None:
     value = getattr(headers, "get", lambda _: None)("retry-after")
     try:
@@ -50,6 +59,9 @@ def classify(error: BaseException) -> TaskFailure:
         status = error.status_code
         message = f"model call failed: {status} {error.message}"
         if status == 429:
+            if error.response.headers.get(BUDGET_SCOPE_HEADER) == "run":
+                # A team run's budget does not come back for that run: fail the step.
+                return Permanent(f"BudgetExceeded: {message}")
             return Retryable(message, retry_after=_retry_after(error.response.headers))
         if status >= 500:
             return Retryable(message, retry_after=_retry_after(error.response.headers))

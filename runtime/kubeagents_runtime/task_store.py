@@ -4,10 +4,11 @@ and its acknowledgement can never disagree:
 - `begin`: mark an attempt running, unless the task already has a final result (then the
   message is acknowledged and skipped: a finished task never runs again);
 - `finish`: write the final result, acknowledge, drop the checkpoint — in that order, atomically,
-  and only if no final result exists yet (so it is written exactly once);
+  and only if no final result exists yet (so it is written exactly once); for a task of a team
+  run, the same script appends it to the completion stream `…:tasks:done`;
 - `retry`: record the error, schedule the next attempt in the delayed set, acknowledge;
 - `bury`: final status `dead`, copy the message and its error to the dead-letter stream,
-  acknowledge;
+  acknowledge (and append a run's task to `…:tasks:done`);
 - `release_due`: move attempts whose time has come from the delayed set to the stream.
 
 The scripts name the consumer group `runtime` (kubeagents.tasks.GROUP) literally.
@@ -25,6 +26,16 @@ from kubeagents.tasks import RESULT_TTL_SECONDS, STREAM_MAX_LEN, QueueKeys
 _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+# Appends a finished task of a run to the completion stream KEYS[done] (id ARGV[id]).
+_DONE = """
+local function announce(done_key, task_id)
+  local run, step, status = unpack(redis.call('HMGET', KEYS[2], 'run', 'step', 'status'))
+  if run and run ~= '' then
+    redis.call('XADD', done_key, 'MAXLEN', '~', 100000, '*', 'id', task_id, 'run', run,
+      'step', step or '', 'status', status, 'finished_at', now)
+  end
+end
 """
 # Every script below has KEYS[1] = the stream, KEYS[2] = the result, ARGV[1] = the message id.
 _FINAL = """
@@ -51,17 +62,20 @@ return 1
 """
 )
 
-# KEYS: stream, result, checkpoint  ARGV: message id, ttl, field, value, field, value, ...
+# KEYS: stream, result, checkpoint, done
+# ARGV: message id, ttl, task id, field, value, field, value, ...
 _FINISH = (
     _NOW
     + _FINAL
+    + _DONE
     + """
 if already_final() then return 0 end
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', KEYS[2], 'finished_at', now)
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('XACK', KEYS[1], 'runtime', ARGV[1])
 redis.call('DEL', KEYS[3])
+announce(KEYS[4], ARGV[3])
 return 1
 """
 )
@@ -79,17 +93,19 @@ return 1
 """
 )
 
-# KEYS: stream, result, dead, checkpoint  ARGV: message id, ttl, error, attempts, field, value...
+# KEYS: stream, result, dead, checkpoint, done
+# ARGV: message id, ttl, error, attempts, task id, field, value...
 _BURY = (
     _NOW
     + _FINAL
+    + _DONE
     + """
 if already_final() then return 0 end
 redis.call('HSET', KEYS[2], 'status', 'dead', 'error', ARGV[3], 'attempts', ARGV[4],
   'finished_at', now)
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 local fields = {}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 fields[#fields + 1] = 'error'
 fields[#fields + 1] = ARGV[3]
 fields[#fields + 1] = 'failed_at'
@@ -97,6 +113,7 @@ fields[#fields + 1] = now
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', 100000, '*', unpack(fields))
 redis.call('XACK', KEYS[1], 'runtime', ARGV[1])
 redis.call('DEL', KEYS[4])
+announce(KEYS[5], ARGV[5])
 return 1
 """
 )
@@ -148,8 +165,13 @@ class TaskStore:
     async def finish(self, message_id: str, task_id: str, result: Mapping[str, Any]) -> bool:
         """Write the final result and acknowledge; False when one existed (nothing written)."""
         written = await self._finish(
-            keys=[self.keys.stream, self.keys.result(task_id), self.keys.checkpoint(task_id)],
-            args=[message_id, RESULT_TTL_SECONDS, *_flat(result)],
+            keys=[
+                self.keys.stream,
+                self.keys.result(task_id),
+                self.keys.checkpoint(task_id),
+                self.keys.done,
+            ],
+            args=[message_id, RESULT_TTL_SECONDS, task_id, *_flat(result)],
         )
         return bool(written)
 
@@ -184,8 +206,9 @@ class TaskStore:
                 self.keys.result(task_id),
                 self.keys.dead,
                 self.keys.checkpoint(task_id),
+                self.keys.done,
             ],
-            args=[message_id, RESULT_TTL_SECONDS, error, attempts, *_flat(message)],
+            args=[message_id, RESULT_TTL_SECONDS, error, attempts, task_id, *_flat(message)],
         )
         return bool(buried)
 

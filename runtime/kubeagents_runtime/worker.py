@@ -27,7 +27,7 @@ import logging
 import random
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -36,6 +36,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from redis.exceptions import RedisError, ResponseError
 
+from kubeagents.headers import RUN_BUDGET_HEADER
 from kubeagents.redis_link import RedisLink
 from kubeagents.tasks import GROUP, MessageField, QueueKeys, as_fields, as_text, parse_input
 from kubeagents_runtime.agent_loop import AgentLoop
@@ -241,8 +242,13 @@ class Worker:
                     raise Permanent(f"invalid task input: {error}") from None
                 headers: dict[str, str] = {}
                 PROPAGATOR.inject(headers)
+                run = message.get(MessageField.RUN, "")
+                run_budget = message.get(MessageField.RUN_BUDGET, "")
+                if run_budget:
+                    headers[RUN_BUDGET_HEADER] = run_budget
+                cancelled = self._cancel_mark(run) if run else None
                 async with asyncio.timeout(self.settings.task_timeout_seconds):
-                    outcome = await self.agent_loop.run(task_id, prompt, headers)
+                    outcome = await self.agent_loop.run(task_id, prompt, headers, cancelled)
             except asyncio.CancelledError:
                 raise  # shutdown: the message stays pending and is reclaimed
             except (RedisError, OSError) as error:
@@ -274,6 +280,14 @@ class Worker:
             if await self.store.finish(message_id, task_id, result):
                 self.metrics.tasks.labels("succeeded").inc()
                 self._log(task_id, trace_id, "succeeded", attempt, started)
+
+    def _cancel_mark(self, run: str) -> Callable[[], Awaitable[bool]]:
+        key = self.keys.cancelled(run)
+
+        async def cancelled() -> bool:
+            return bool(await self.link.execute("EXISTS", key))
+
+        return cancelled
 
     async def _fail(
         self,

@@ -233,7 +233,10 @@ class Accountant:
             if error.never_fits:
                 return InvalidRequest(message)
             return RateLimited(
-                message, reason=f"budget_{error.kind}", retry_after=error.retry_after
+                message,
+                reason=f"budget_{error.kind}",
+                retry_after=error.retry_after,
+                budget_scope="run" if error.scope == RUN_SCOPE else "agent",
             )
         if isinstance(error, LimitMismatch):
             return InvalidRequest(

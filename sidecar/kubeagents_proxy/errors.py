@@ -10,7 +10,8 @@ type, and its message names the limit and the numbers):
 - `RequestTooLarge` (413 request_too_large): body over the size limit, or an input alone over
   the per-call token cap.
 - `RateLimited` (429 rate_limit_error, with `retry-after`): budget exhausted, requests per minute,
-  concurrency caps.
+  concurrency caps. A budget refusal also says whose budget it was: `kubeagents-budget-scope:
+  agent` or `run` (a run's budget does not come back for that run: the runtime fails the step).
 - `LedgerDown` (503 api_error): the budget ledger (Redis) is unreachable and the proxy fails
   closed.
 - `UpstreamTimeout` (504 timeout_error): the call's total, connect or stream-idle timeout.
@@ -25,6 +26,8 @@ from __future__ import annotations
 import json
 import math
 from typing import ClassVar
+
+from kubeagents.headers import BUDGET_SCOPE_HEADER
 
 
 class ProxyRefusal(Exception):
@@ -82,9 +85,23 @@ class RateLimited(ProxyRefusal):
     status = 429
     error_type = "rate_limit_error"
 
-    def __init__(self, message: str, *, reason: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        retry_after: float | None = None,
+        budget_scope: str | None = None,
+    ) -> None:
         super().__init__(message, retry_after=retry_after)
         self.limit_reason = reason
+        self.budget_scope = budget_scope  # "agent" or "run" for a budget refusal
+
+    def headers(self) -> dict[str, str]:
+        headers = super().headers()
+        if self.budget_scope is not None:
+            headers[BUDGET_SCOPE_HEADER] = self.budget_scope
+        return headers
 
     @property
     def label(self) -> str:

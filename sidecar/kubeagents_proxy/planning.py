@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
+from kubeagents.headers import PROBE_CALL_HEADER, RUN_BUDGET_HEADER
 from kubeagents_proxy.accounting import RunBudget, parse_run_budget
 from kubeagents_proxy.errors import (
     InvalidRequest,
@@ -38,12 +39,7 @@ from kubeagents_proxy.input_bound import byte_bound, counted_bound, needs_count_
 from kubeagents_proxy.prices import ModelPrice, PriceTable, Usage
 from kubeagents_proxy.request_options import PriceOptions, RequestOptions
 from kubeagents_proxy.server_tools import ServerToolBound, ServerTools
-from kubeagents_proxy.settings import (
-    PROBE_CALL_HEADER,
-    RUN_BUDGET_HEADER,
-    MaxTokensPolicy,
-    ProxySettings,
-)
+from kubeagents_proxy.settings import MaxTokensPolicy, ProxySettings
 from kubeagents_proxy.upstream import Upstream
 
 COUNT_TOKENS_FIELDS = frozenset(

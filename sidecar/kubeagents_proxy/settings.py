@@ -22,9 +22,6 @@ from kubeagents_proxy.request_options import (
 )
 from kubeagents_proxy.server_tools import ServerToolAllowance
 
-RUN_BUDGET_HEADER = "kubeagents-run-budget"
-PROBE_CALL_HEADER = "kubeagents-probe"
-
 
 class MaxTokensPolicy(StrEnum):
     REJECT = "reject"
