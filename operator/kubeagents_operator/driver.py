@@ -1,0 +1,151 @@
+"""Driving a run over the agents' queues in Redis: dispatch, collect, wait, cancel.
+
+The Redis half of the operator, with no Kubernetes in it, so it is tested against real
+runtimes on its own. The run's status (`StepState`s) is the memory; Redis is the truth of what
+the tasks did:
+
+- `dispatch` submits every task `runs.advance` asks for through the task contract
+  (`kubeagents.tasks.TaskQueue`), with the run's budget and ids. Task ids are deterministic, so
+  a dispatch repeated after a crash queues nothing twice.
+- `collect` reads the result of every step that is running or retrying and folds the final
+  ones in (`runs.record_result`): after a restart, this alone catches up with everything that
+  finished meanwhile.
+- `wait` blocks on the agents' completion streams (`…:tasks:done`) until an entry of this run
+  arrives, or `timeout` passes: the wake-up signal, never the truth.
+- `cancel` sets the run's cancel mark on every agent of the team.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from kubeagents.redis_link import RedisLink
+from kubeagents.tasks import FINAL_STATUSES, QueueKeys, TaskQueue, as_fields, as_text
+from kubeagents_operator.runs import (
+    Progress,
+    StepState,
+    TeamSpec,
+    advance,
+    dispatched,
+    record_result,
+)
+
+CANCEL_MARK_SECONDS = 7 * 86400
+WAIT_BLOCK_MS = 1000
+
+
+@dataclass
+class DoneCursor:
+    """Where a run's reading of each agent's completion stream stands (stream ids)."""
+
+    positions: dict[str, str] = field(default_factory=dict)
+
+
+class RunDriver:
+    """Drives runs over the queues of the agents of one namespace."""
+
+    def __init__(
+        self,
+        link_for: Callable[[str], RedisLink],
+        *,
+        namespace: str,
+        wait_link_for: Callable[[str], RedisLink] | None = None,
+    ) -> None:
+        self.link_for = link_for  # agent -> the link to the node holding its keys
+        # XREAD BLOCK holds its connection: the waits get links of their own.
+        self.wait_link_for = wait_link_for or link_for
+        self.namespace = namespace
+
+    def queue(self, agent: str) -> TaskQueue:
+        return TaskQueue(self.link_for(agent), namespace=self.namespace, agent=agent)
+
+    async def dispatch(
+        self,
+        team: TeamSpec,
+        *,
+        run: str,
+        run_uid: str,
+        run_input: Mapping[str, Any],
+        states: Mapping[str, StepState],
+        traceparent: str = "",
+    ) -> tuple[dict[str, StepState], Progress]:
+        """Submit what the run needs next; the step states with those tasks running."""
+        progress = advance(team, run_uid, run_input, states)
+        updated = dict(states)
+        budget = team.run_budget_header(run)
+        for move in progress.dispatch:
+            await self.queue(move.agent).submit(
+                {"prompt": move.prompt},
+                task_id=move.task_id,
+                traceparent=traceparent,
+                run=run,
+                step=move.step,
+                run_budget=budget,
+            )
+            updated[move.step] = dispatched(updated.get(move.step, StepState()), move)
+        return updated, progress
+
+    async def collect(
+        self, team: TeamSpec, states: Mapping[str, StepState]
+    ) -> dict[str, StepState]:
+        """Fold in the final results of the steps that are running."""
+        updated = dict(states)
+        for name, state in states.items():
+            if state.phase != "Running" or not state.task_id:
+                continue
+            result = await self.queue(team.agent_of(name)).result(state.task_id)
+            if result is None or result.get("status") not in FINAL_STATUSES:
+                continue
+            updated[name] = record_result(team, updated, name, result)
+        return updated
+
+    async def wait(self, team: TeamSpec, run: str, cursor: DoneCursor, within: float) -> bool:
+        """Block until an agent of the team announces a finished task of `run` (True), or
+        `within` seconds pass (False). `cursor` remembers what was read."""
+        agents = sorted(set(team.roles.values()))
+        for agent in agents:
+            cursor.positions.setdefault(agent, "0-0")
+        deadline = asyncio.get_running_loop().time() + within
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return False
+            block = max(1, min(WAIT_BLOCK_MS, int(left * 1000)))
+            reads = [self._read_done(agent, cursor, block) for agent in agents]
+            for found in await asyncio.gather(*reads):
+                if run in found:
+                    return True
+
+    async def _read_done(self, agent: str, cursor: DoneCursor, block_ms: int) -> set[str]:
+        stream = QueueKeys.of(self.namespace, agent).done
+        reply = await self.wait_link_for(agent).execute(
+            "XREAD", "COUNT", 100, "BLOCK", block_ms, "STREAMS", stream, cursor.positions[agent]
+        )
+        runs: set[str] = set()
+        for _, entries in reply or ():
+            for entry_id, flat in entries:
+                cursor.positions[agent] = as_text(entry_id)
+                runs.add(as_fields(flat).get("run", ""))
+        return runs
+
+    async def cancel(self, team: TeamSpec, run: str) -> None:
+        """Set the run's cancel mark on every agent of the team (their runtimes stop the run's
+        tasks before the next model turn)."""
+        for agent in sorted(set(team.roles.values())):
+            key = QueueKeys.of(self.namespace, agent).cancelled(run)
+            await self.link_for(agent).execute("SET", key, "1", "EX", CANCEL_MARK_SECONDS)
+
+
+def skipped(states: Mapping[str, StepState], team: TeamSpec) -> dict[str, StepState]:
+    """After a failure or a cancel: every step that never started is `Skipped`."""
+    return {
+        step.name: (
+            replace(states.get(step.name, StepState()), phase="Skipped")
+            if states.get(step.name, StepState()).phase == "Pending"
+            else states.get(step.name, StepState())
+        )
+        for step in team.steps
+    }

@@ -1,0 +1,331 @@
+"""A team run as pure functions: the team's spec, its checks, and how a run moves on.
+
+The operator's handlers only read and write Kubernetes objects and Redis; every decision is
+here, a function of the run's snapshot of its team, its input and its status:
+
+- `TeamSpec.parse` reads an `AgentTeam` spec (the CRD's schema already holds); `team_problems`
+  finds what the schema cannot: cycles, template references, the `inputSchema` itself.
+- `input_problem` checks a run's input against the team's `inputSchema`, naming the key.
+- `task_id` is deterministic (run uid, step, attempt), so a resubmission after a crash is not
+  queued twice.
+- `advance` takes the run's step states and decides what to dispatch, and when the run is
+  done; `record_result` folds a task's final result into a step's state (retrying an output
+  that does not match `outputSchema` while attempts remain, with the error in the next prompt).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import jsonschema
+
+from kubeagents_operator import dag, templates
+from kubeagents_operator.outputs import OutputInvalid, validated
+
+TERMINAL_STEP_PHASES = frozenset({"Succeeded", "Failed", "Skipped"})
+RETRY_NOTE = (
+    "\n\nYour previous answer was rejected: {error}. Answer again, with JSON that matches the "
+    "required schema."
+)
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    name: str
+    role: str
+    prompt: str
+    depends_on: tuple[str, ...] = ()
+    output_schema: Mapping[str, Any] | None = None
+    max_attempts: int = 1
+    timeout_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class TeamSpec:
+    roles: Mapping[str, str]  # role -> agent
+    steps: tuple[StepSpec, ...]
+    output: str = ""
+    input_schema: Mapping[str, Any] | None = None
+    budget_tokens: int | None = None
+    budget_usd: float | None = None
+    timeout_seconds: int | None = None
+
+    @classmethod
+    def parse(cls, spec: Mapping[str, Any]) -> TeamSpec:
+        budget = spec.get("budget") or {}
+        return cls(
+            roles={role: entry["agent"] for role, entry in (spec.get("roles") or {}).items()},
+            steps=tuple(
+                StepSpec(
+                    name=step["name"],
+                    role=step["role"],
+                    prompt=step["prompt"],
+                    depends_on=tuple(step.get("dependsOn") or ()),
+                    output_schema=step.get("outputSchema"),
+                    max_attempts=int(step.get("maxAttempts") or 1),
+                    timeout_seconds=step.get("timeoutSeconds"),
+                )
+                for step in spec.get("steps") or ()
+            ),
+            output=spec.get("output") or "",
+            input_schema=spec.get("inputSchema"),
+            budget_tokens=budget.get("tokens"),
+            budget_usd=budget.get("usd"),
+            timeout_seconds=spec.get("timeoutSeconds"),
+        )
+
+    @property
+    def nodes(self) -> list[dag.StepNode]:
+        return [dag.StepNode(step.name, step.depends_on) for step in self.steps]
+
+    def step(self, name: str) -> StepSpec:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(name)
+
+    def agent_of(self, step: str) -> str:
+        return self.roles[self.step(step).role]
+
+    def run_budget_header(self, run: str) -> str:
+        """The run's `kubeagents-run-budget` value ("" without a budget)."""
+        parts = []
+        if self.budget_tokens is not None:
+            parts.append(f"tokens={self.budget_tokens}")
+        if self.budget_usd is not None:
+            parts.append(f"usd={self.budget_usd}")
+        return f"run={run}; " + "; ".join(parts) if parts else ""
+
+
+def team_problems(team: TeamSpec) -> list[str]:
+    """What the CRD's schema cannot check: the DAG, the templates, the input schema. Each
+    problem names its field."""
+    found = dag.problems(team.nodes)
+    if found:
+        return found  # ancestry is meaningless without a DAG
+    if team.input_schema is not None:
+        try:
+            jsonschema.Draft202012Validator.check_schema(team.input_schema)
+        except jsonschema.SchemaError as error:
+            found.append(f"inputSchema: not a valid JSON Schema: {error.message}")
+    for index, step in enumerate(team.steps):
+        if step.output_schema is not None:
+            try:
+                jsonschema.Draft202012Validator.check_schema(step.output_schema)
+            except jsonschema.SchemaError as error:
+                found.append(
+                    f"steps[{index}].outputSchema: not a valid JSON Schema: {error.message}"
+                )
+    keys = _declared_input_keys(team.input_schema)
+    ancestry = dag.ancestors(team.nodes)
+    for index, step in enumerate(team.steps):
+        found += templates.problems(
+            step.prompt,
+            field=f"steps[{index}].prompt",
+            allowed_steps=ancestry[step.name],
+            input_keys=keys,
+        )
+    if team.output:
+        found += templates.problems(
+            team.output,
+            field="output",
+            allowed_steps=frozenset(step.name for step in team.steps),
+            input_keys=keys,
+        )
+    return found
+
+
+def _declared_input_keys(schema: Mapping[str, Any] | None) -> frozenset[str] | None:
+    if not schema or not isinstance(schema.get("properties"), Mapping):
+        return None
+    if schema.get("additionalProperties", True) is not False and not schema.get("required"):
+        return None  # open schema: undeclared keys may exist
+    return frozenset(schema["properties"])
+
+
+def input_problem(team: TeamSpec, run_input: Mapping[str, Any]) -> str | None:
+    """Why the run's input does not match the team's `inputSchema`, naming the key; None: it
+    does."""
+    if team.input_schema is None:
+        return None
+    validator = jsonschema.Draft202012Validator(team.input_schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(dict(run_input)))
+    if error is None:
+        return None
+    where = ".".join(str(part) for part in error.absolute_path) or "(root)"
+    return f"spec.input: at {where}: {error.message}"
+
+
+def task_id(run_uid: str, step: str, attempt: int) -> str:
+    """The task id of a step's attempt: deterministic, within the queue's 64 characters."""
+    uid = run_uid.replace("-", "")[:32]
+    name = step if len(step) <= 24 else f"{step[:15]}{hashlib.sha1(step.encode()).hexdigest()[:8]}"  # noqa: S324 - a name, not security
+    return f"{uid}.{name}.{attempt}"
+
+
+@dataclass(frozen=True)
+class StepState:
+    """What the run's status says of one step."""
+
+    phase: str = "Pending"  # Pending, Running, Retrying, Succeeded, Failed, Skipped
+    attempts: int = 0
+    task_id: str = ""
+    output: str = ""
+    data: Any = None
+    usage: Mapping[str, int] = field(default_factory=dict)
+    message: str = ""
+
+    def as_status(self) -> dict[str, Any]:
+        status: dict[str, Any] = {"phase": self.phase, "attempts": self.attempts}
+        if self.task_id:
+            status["taskId"] = self.task_id
+        if self.output:
+            status["output"] = self.output
+        if self.data is not None:
+            status["data"] = self.data
+        if self.usage:
+            status["usage"] = dict(self.usage)
+        if self.message:
+            status["message"] = self.message
+        return status
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any]) -> StepState:
+        return cls(
+            phase=status.get("phase", "Pending"),
+            attempts=int(status.get("attempts", 0)),
+            task_id=status.get("taskId", ""),
+            output=status.get("output", ""),
+            data=status.get("data"),
+            usage=dict(status.get("usage") or {}),
+            message=status.get("message", ""),
+        )
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """A task to submit: a step's next attempt, on its role's agent, with its rendered prompt."""
+
+    step: str
+    agent: str
+    attempt: int
+    task_id: str
+    prompt: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What to do next with a run."""
+
+    dispatch: tuple[Dispatch, ...]
+    phase: str  # Running, Succeeded or Failed
+    output: str = ""
+    message: str = ""
+
+
+def record_result(
+    team: TeamSpec, states: Mapping[str, StepState], step: str, result: Mapping[str, Any]
+) -> StepState:
+    """The step's state after its task's final `result` (a decoded task result)."""
+    spec = team.step(step)
+    state = states.get(step, StepState())
+    usage = _add_usage(state.usage, result.get("usage") or {})
+    status = result.get("status")
+    if status != "succeeded":
+        error = result.get("error") or status or "failed"
+        return replace(state, phase="Failed", usage=usage, message=str(error))
+    text = str(result.get("output") or "")
+    try:
+        output = validated(text, spec.output_schema)
+    except OutputInvalid as invalid:
+        if state.attempts < spec.max_attempts:
+            return replace(state, phase="Retrying", usage=usage, output=text, message=str(invalid))
+        return replace(
+            state, phase="Failed", usage=usage, output=text, message=f"OutputInvalid: {invalid}"
+        )
+    return replace(state, phase="Succeeded", usage=usage, output=text, data=output.data, message="")
+
+
+def _add_usage(total: Mapping[str, int], usage: Mapping[str, Any]) -> dict[str, int]:
+    summed = dict(total)
+    for name, value in usage.items():
+        if isinstance(value, int):
+            summed[name] = summed.get(name, 0) + value
+    return summed
+
+
+def advance(
+    team: TeamSpec, run_uid: str, run_input: Mapping[str, Any], states: Mapping[str, StepState]
+) -> Progress:
+    """The run's next moves: the steps to dispatch now (ready ones, and retries), or its end."""
+    failed = [name for name, state in states.items() if state.phase == "Failed"]
+    if failed:
+        first = failed[0]
+        return Progress((), "Failed", message=f"step {first} failed: {states[first].message}")
+    if all(states.get(step.name, StepState()).phase == "Succeeded" for step in team.steps):
+        outputs, data = _results(states)
+        output = templates.render(team.output, run_input=run_input, outputs=outputs, data=data)
+        return Progress((), "Succeeded", output=output)
+    phases = {name: state.phase for name, state in states.items()}
+    outputs, data = _results(states)
+    moves: list[Dispatch] = []
+    for name in dag.ready(team.nodes, phases):
+        moves.append(_dispatch(team, run_uid, run_input, name, 1, outputs, data, retry_error=""))
+    for name, state in states.items():
+        if state.phase == "Retrying":
+            attempt = state.attempts + 1
+            moves.append(
+                _dispatch(team, run_uid, run_input, name, attempt, outputs, data, state.message)
+            )
+    return Progress(tuple(moves), "Running")
+
+
+def dispatched(state: StepState, move: Dispatch) -> StepState:
+    """The step's state once `move`'s task is submitted."""
+    return replace(state, phase="Running", attempts=move.attempt, task_id=move.task_id)
+
+
+def _results(states: Mapping[str, StepState]) -> tuple[dict[str, str], dict[str, Any]]:
+    done = {name: state for name, state in states.items() if state.phase == "Succeeded"}
+    outputs = {name: state.output for name, state in done.items()}
+    data = {name: state.data for name, state in done.items() if state.data is not None}
+    return outputs, data
+
+
+def _dispatch(
+    team: TeamSpec,
+    run_uid: str,
+    run_input: Mapping[str, Any],
+    name: str,
+    attempt: int,
+    outputs: Mapping[str, str],
+    data: Mapping[str, Any],
+    retry_error: str,
+) -> Dispatch:
+    spec = team.step(name)
+    prompt = templates.render(spec.prompt, run_input=run_input, outputs=outputs, data=data)
+    if retry_error:
+        prompt += RETRY_NOTE.format(error=retry_error)
+    return Dispatch(
+        step=name,
+        agent=team.roles[spec.role],
+        attempt=attempt,
+        task_id=task_id(run_uid, name, attempt),
+        prompt=prompt,
+    )
+
+
+def progress_text(team: TeamSpec, states: Mapping[str, StepState]) -> str:
+    """`done/total` for `kubectl get agentruns`."""
+    done = sum(1 for step in team.steps if states.get(step.name, StepState()).phase == "Succeeded")
+    return f"{done}/{len(team.steps)}"
+
+
+def total_usage(states: Mapping[str, StepState]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for state in states.values():
+        total = _add_usage(total, state.usage)
+    return total
