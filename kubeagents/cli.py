@@ -30,6 +30,7 @@ from pydantic_settings import BaseSettings
 from kubeagents import __version__
 from kubeagents.fake_anthropic.settings import FakeAnthropicSettings
 from kubeagents.task_command import TaskGetSettings, TaskSubmitSettings, TaskWatchSettings
+from kubeagents_operator.settings import OperatorSettings
 from kubeagents_probe.settings import ProbeSettings
 from kubeagents_proxy.settings import ProxySettings
 from kubeagents_runtime.settings import RuntimeSettings
@@ -75,6 +76,13 @@ COMMANDS: tuple[Command, ...] = (
         "tool-use loop through the proxy with MCP tools; tasks resume after a crash.",
         settings=RuntimeSettings,
         entry_point="kubeagents_runtime.command:serve_runtime",
+    ),
+    Command(
+        name="operator",
+        summary="The team-run operator: drives AgentRuns of AgentTeams over the agents' task "
+        "queues (kopf).",
+        settings=OperatorSettings,
+        entry_point="kubeagents_operator.command:serve_operator",
     ),
     Command(
         name="fake-anthropic",

@@ -6,15 +6,15 @@ retry after crash-like repetition queues nothing twice, a cancel stops the run's
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from harness.processes import HarnessError
-from harness.proxy import ProxyProcess, StartProxy
-from harness.runtime import RuntimeProcess, model_calls, start_runtime
+from harness.agents import AGENTS, StartAgents
+from harness.proxy import ProxyProcess
+from harness.runtime import RuntimeProcess, model_calls
 from kubeagents.fake_anthropic import FakeAnthropicControl, Reply
 from kubeagents.redis_link import RedisLink
 from kubeagents_operator.driver import DoneCursor, RunDriver
@@ -39,33 +39,11 @@ TEAM = TeamSpec.parse(
     }
 )  # fmt: skip
 INPUT = {"topic": "AI in healthcare"}
-AGENTS = ("research", "summarizer")
 
 
 @pytest.fixture
-def agents(
-    start_proxies: StartProxy, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, tuple[ProxyProcess, RuntimeProcess]]]:
-    """A proxy and a runtime for each of the two agents, sharing one Redis."""
-    started: dict[str, tuple[ProxyProcess, RuntimeProcess]] = {}
-    try:
-        for agent in AGENTS:
-            proxy = start_proxies(
-                f"proxy-{agent}", agent=agent, redis_url=redis_url, budget_tokens_per_day=10**7
-            )
-            runtime = start_runtime(
-                tmp_path_factory.mktemp(agent),
-                proxy_url=proxy.url,
-                redis_url=redis_url,
-                settings={"agent": agent, "max_tokens": 200},
-                name=f"runtime-{agent}",
-            )
-            started[agent] = (proxy, runtime)
-    except HarnessError as error:
-        pytest.fail(f"an agent did not start: {error}", pytrace=False)
-    yield started
-    for _, runtime in started.values():
-        runtime.stop()
+def agents(start_agents: StartAgents) -> dict[str, tuple[ProxyProcess, RuntimeProcess]]:
+    return start_agents("tests")
 
 
 async def drive(

@@ -1,0 +1,349 @@
+"""The kopf handlers: thin, around `runs` (decisions) and `driver` (Redis).
+
+- AgentTeam created, changed or found at start: `runs.team_problems` -> `status.steps` and the
+  condition `Valid` (reason `Invalid`, the problems as the message).
+- AgentRun created: the team's spec is snapshotted into `status.team` (later edits of the team
+  never change a started run), the input checked; then `Running`, or `Failed` at once with
+  `TeamNotFound`, `InvalidTeam` or `InvalidInput`.
+- AgentRun `Running`: a daemon drives it (`drive_run`) until it ends: collect results, dispatch
+  what is ready, write the status, wait for the next completion. After an operator restart the
+  daemon starts again from the status and Redis: finished tasks are collected, nothing is
+  dispatched twice (deterministic task ids).
+- `spec.cancel: true`, a delete, or the run's `timeoutSeconds`: the cancel mark on every agent
+  of the team; tasks not started never run, running ones make no further model call.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from kubeagents.redis_link import RedisLink
+from kubeagents_operator.driver import DoneCursor, RunDriver, skipped
+from kubeagents_operator.kube import GROUP, VERSION, KubeClient
+from kubeagents_operator.runs import (
+    StepState,
+    TeamSpec,
+    input_problem,
+    progress_text,
+    team_problems,
+    total_usage,
+)
+from kubeagents_operator.settings import OperatorSettings
+
+TEAMS = "agentteams"
+RUNS = "agentruns"
+
+
+@dataclass
+class OperatorDeps:
+    settings: OperatorSettings
+    kube: KubeClient
+    link: RedisLink  # commands
+    new_link: Callable[[], RedisLink]  # a link of its own (for a run's blocking waits)
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, str]:
+    return {
+        "type": kind,
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now(),
+    }
+
+
+def run_id(name: str, uid: str) -> str:
+    """The run's id in Redis (task messages, its budget): its name, made unique by its uid."""
+    return f"{name[:100]}.{uid[:8]}"
+
+
+def plain(value: Any) -> Any:
+    """A kopf body view (or part of one) as plain JSON data."""
+    if isinstance(value, Mapping):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    return value
+
+
+def register(registry: kopf.OperatorRegistry, deps: OperatorDeps) -> None:
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> Any:
+        """In a pod its service account; elsewhere the kubeconfig (KUBECONFIG)."""
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.index(GROUP, VERSION, TEAMS, registry=registry, id="teams")
+    def teams(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
+        return {(namespace, name): plain(spec)}
+
+    @kopf.on.resume(GROUP, VERSION, TEAMS, registry=registry)
+    @kopf.on.create(GROUP, VERSION, TEAMS, registry=registry)
+    @kopf.on.update(GROUP, VERSION, TEAMS, registry=registry, field="spec")
+    def team_changed(spec: kopf.Spec, patch: kopf.Patch, **_: Any) -> None:
+        team = TeamSpec.parse(plain(spec))
+        problems = team_problems(team)
+        patch.status["steps"] = len(team.steps)
+        patch.status["conditions"] = [
+            condition(
+                "Valid", not problems, "Invalid" if problems else "Valid", "; ".join(problems)
+            )
+        ]
+
+    @kopf.on.create(GROUP, VERSION, RUNS, registry=registry)
+    def run_created(
+        spec: kopf.Spec,
+        status: kopf.Status,
+        namespace: str | None,
+        patch: kopf.Patch,
+        **kwargs: Any,
+    ) -> None:
+        if status.get("phase"):
+            return
+        teams: kopf.Index[Any, Any] = kwargs["teams"]  # the index above
+        found = list(teams.get((namespace, spec["team"]), []))
+        if not found:
+            _fail(patch, "TeamNotFound", f"spec.team: no AgentTeam {spec['team']} in {namespace}")
+            return
+        team_spec = found[0]
+        team = TeamSpec.parse(team_spec)
+        problems = team_problems(team)
+        if problems:
+            _fail(patch, "InvalidTeam", "; ".join(problems))
+            return
+        problem = input_problem(team, plain(spec.get("input") or {}))
+        if problem is not None:
+            _fail(patch, "InvalidInput", problem)
+            return
+        patch.status.update(
+            {
+                "phase": "Running",
+                "startTime": now(),
+                "team": team_spec,
+                "progress": progress_text(team, {}),
+                "steps": {
+                    step.name: {"phase": "Pending", "agent": team.roles[step.role]}
+                    for step in team.steps
+                },
+                "conditions": [condition("Succeeded", False, "Running", "")],
+            }
+        )
+
+    @kopf.daemon(
+        GROUP,
+        VERSION,
+        RUNS,
+        registry=registry,
+        when=lambda status, **_: status.get("phase") == "Running",
+        cancellation_timeout=10,
+    )
+    async def run_daemon(
+        name: str,
+        namespace: str | None,
+        uid: str,
+        spec: kopf.Spec,
+        status: kopf.Status,
+        stopped: kopf.DaemonStopped,
+        **_: Any,
+    ) -> None:
+        assert namespace is not None  # the CRDs are namespaced
+        await drive_run(
+            deps, name=name, namespace=namespace, uid=uid, spec=spec, status=status, stopped=stopped
+        )
+
+    @kopf.on.delete(GROUP, VERSION, RUNS, registry=registry, optional=True)
+    async def run_deleted(
+        namespace: str | None, name: str, uid: str, status: kopf.Status, **_: Any
+    ) -> None:
+        if namespace and status.get("team") and status.get("phase") == "Running":
+            driver = RunDriver(lambda _: deps.link, namespace=namespace)
+            await driver.cancel(TeamSpec.parse(plain(status["team"])), run_id(name, uid))
+
+
+def _fail(patch: kopf.Patch, reason: str, message: str) -> None:
+    patch.status.update(
+        {
+            "phase": "Failed",
+            "completionTime": now(),
+            "message": message,
+            "conditions": [
+                condition("Succeeded", False, reason, message),
+                condition("Failed", True, reason, message),
+            ],
+        }
+    )
+
+
+async def drive_run(
+    deps: OperatorDeps,
+    *,
+    name: str,
+    namespace: str,
+    uid: str,
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+    stopped: kopf.DaemonStopped,
+) -> None:
+    """Drive one run until it ends (or the operator stops: then a restart resumes it)."""
+    team = TeamSpec.parse(plain(status["team"]))
+    rid = run_id(name, uid)
+    run_input = plain(spec.get("input") or {})
+    states = {
+        step: StepState.from_status(plain(state))
+        for step, state in (status.get("steps") or {}).items()
+    }
+    wait_link = deps.new_link()
+    driver = RunDriver(lambda _: deps.link, namespace=namespace, wait_link_for=lambda _: wait_link)
+    kube = deps.kube
+    started = time.monotonic()
+    cursor = DoneCursor()
+    try:
+        states = await _restore_outputs(driver, team, states)
+        while not stopped:
+            if spec.get("cancel"):
+                await driver.cancel(team, rid)
+                await _finish(
+                    deps,
+                    team,
+                    states,
+                    name,
+                    namespace,
+                    "Cancelled",
+                    "Cancelled",
+                    "cancelled by spec.cancel",
+                )
+                return
+            if team.timeout_seconds and time.monotonic() - started > team.timeout_seconds:
+                await driver.cancel(team, rid)
+                await _finish(
+                    deps,
+                    team,
+                    states,
+                    name,
+                    namespace,
+                    "Failed",
+                    "Timeout",
+                    f"the run took longer than its timeoutSeconds ({team.timeout_seconds})",
+                )
+                return
+            before = {step: state.phase for step, state in states.items()}
+            states = await driver.collect(team, states)
+            if spec.get("cancel"):
+                continue  # seen while collecting: cancel before dispatching anything more
+            states, progress = await driver.dispatch(
+                team, run=rid, run_uid=uid, run_input=run_input, states=states
+            )
+            for step, state in states.items():
+                if before.get(step) != state.phase:
+                    await kube.event(
+                        kind="AgentRun", namespace=namespace, name=name, uid=uid,
+                        reason=f"Step{state.phase}", message=f"step {step}: {state.phase}"
+                        + (f": {state.message}" if state.message else ""),
+                        warning=state.phase == "Failed",
+                    )  # fmt: skip
+            if progress.phase != "Running":
+                if progress.phase == "Failed":
+                    await driver.cancel(team, rid)  # running siblings stop
+                await _finish(
+                    deps,
+                    team,
+                    states,
+                    name,
+                    namespace,
+                    progress.phase,
+                    progress.phase,
+                    progress.message,
+                    progress.output,
+                )
+                return
+            await kube.patch_status(RUNS, namespace, name, _running_status(deps, team, states))
+            await driver.wait(team, rid, cursor, within=deps.settings.wait_seconds)
+    finally:
+        await wait_link.aclose()
+
+
+async def _restore_outputs(
+    driver: RunDriver, team: TeamSpec, states: dict[str, StepState]
+) -> dict[str, StepState]:
+    """After a restart, the full outputs of succeeded steps (the status holds them cut)."""
+    restored = dict(states)
+    for step, state in states.items():
+        if state.phase == "Succeeded" and state.task_id:
+            result = await driver.queue(team.agent_of(step)).result(state.task_id)
+            if result is not None:
+                restored[step] = StepState(
+                    phase=state.phase, attempts=state.attempts, task_id=state.task_id,
+                    output=str(result.get("output") or ""), data=state.data, usage=state.usage,
+                    message=state.message,
+                )  # fmt: skip
+    return restored
+
+
+def _steps_status(
+    deps: OperatorDeps, team: TeamSpec, states: Mapping[str, StepState]
+) -> dict[str, Any]:
+    limit = deps.settings.output_max_chars
+    steps: dict[str, Any] = {}
+    for step in team.steps:
+        state = states.get(step.name, StepState())
+        entry = state.as_status()
+        entry["agent"] = team.roles[step.role]
+        if len(state.output) > limit:
+            entry["output"] = state.output[:limit]
+            entry["outputTruncated"] = True
+        steps[step.name] = entry
+    return steps
+
+
+def _usage(states: Mapping[str, StepState]) -> dict[str, Any]:
+    usage = total_usage(states)
+    tokens = sum(usage.values())
+    return {"tokens": tokens, **usage}
+
+
+def _running_status(
+    deps: OperatorDeps, team: TeamSpec, states: Mapping[str, StepState]
+) -> dict[str, Any]:
+    return {
+        "steps": _steps_status(deps, team, states),
+        "progress": progress_text(team, states),
+        "usage": _usage(states),
+    }
+
+
+async def _finish(
+    deps: OperatorDeps,
+    team: TeamSpec,
+    states: Mapping[str, StepState],
+    name: str,
+    namespace: str,
+    phase: str,
+    reason: str,
+    message: str,
+    output: str = "",
+) -> None:
+    final = skipped(states, team) if phase != "Succeeded" else dict(states)
+    status = _running_status(deps, team, final)
+    status.update(
+        {
+            "phase": phase,
+            "completionTime": now(),
+            "message": message,
+            "conditions": [
+                condition("Succeeded", phase == "Succeeded", reason, message),
+                *([] if phase == "Succeeded" else [condition(phase, True, reason, message)]),
+            ],
+        }
+    )
+    if output:
+        status["output"] = output
+    await deps.kube.patch_status(RUNS, namespace, name, status)

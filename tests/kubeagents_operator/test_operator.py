@@ -1,0 +1,265 @@
+"""`kubeagents operator` on a real kube-apiserver with two real agents and the fake upstream:
+the diamond team runs to `Succeeded` from `kubectl create`, its status, printer columns,
+condition and Events show it; a run of an invalid team fails at once naming the problem."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.agents import StartAgents
+from harness.controlplane import ControlPlane
+from harness.processes import HarnessError, ManagedProcess, settings_env, wait_for
+from harness.proxy import KUBEAGENTS
+from harness.runtime import model_calls
+from kubeagents.fake_anthropic import FakeAnthropicControl, Reply
+
+CRDS = Path(__file__).parents[2] / "operator" / "crds"
+SECTIONS = '```json\n{"sections": ["intro", "risks"]}\n```'
+TEAM: dict[str, Any] = {
+    "apiVersion": "kubeagents.io/v1alpha1",
+    "kind": "AgentTeam",
+    "metadata": {"name": "research-then-summarize"},
+    "spec": {
+        "roles": {"researcher": {"agent": "research"}, "writer": {"agent": "summarizer"}},
+        "inputSchema": {"type": "object", "required": ["topic"],
+                        "properties": {"topic": {"type": "string"}}},
+        "steps": [
+            {"name": "research", "role": "researcher", "prompt": "Research {{ .input.topic }}"},
+            {"name": "critique", "role": "researcher", "dependsOn": ["research"],
+             "prompt": "Critique: {{ .steps.research.output }}"},
+            {"name": "outline", "role": "writer", "dependsOn": ["research"],
+             "prompt": "Outline: {{ .steps.research.output }}",
+             "outputSchema": {"type": "object", "required": ["sections"]}},
+            {"name": "summarize", "role": "writer", "dependsOn": ["critique", "outline"],
+             "prompt": "Write {{ .steps.outline.data.sections }}, fixing: {{ .steps.critique.output }}"},  # noqa: E501
+        ],
+        "output": "{{ .steps.summarize.output }}",
+        "budget": {"tokens": 100000},
+    },
+}  # fmt: skip
+RUN: dict[str, Any] = {
+    "apiVersion": "kubeagents.io/v1alpha1",
+    "kind": "AgentRun",
+    "metadata": {"name": "report-1"},
+    "spec": {"team": "research-then-summarize", "input": {"topic": "AI in healthcare"}},
+}
+
+
+StartOperator = Callable[[], ManagedProcess]
+
+
+@pytest.fixture
+def start_operator(
+    cluster: ControlPlane, namespace: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StartOperator]:
+    """`start()`: a `kubeagents operator` process watching the test's namespace (the CRDs
+    installed first); every one started is stopped after the test."""
+    for file in sorted(CRDS.glob("*.yaml")):
+        cluster.kubectl("apply", "--server-side", "-f", str(file))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s",
+        "crd/agentteams.kubeagents.io", "crd/agentruns.kubeagents.io",
+    )  # fmt: skip
+    env = settings_env(
+        "KUBEAGENTS_OPERATOR_",
+        {"redis_url": redis_url, "watch_namespaces": [namespace], "metrics_port": 0,
+         "metrics_host": "127.0.0.1", "wait_seconds": 2},
+    )  # fmt: skip
+    env["KUBECONFIG"] = str(cluster.kubeconfig)
+    started: list[ManagedProcess] = []
+
+    def start() -> ManagedProcess:
+        log = tmp_path_factory.mktemp("operator") / "operator.log"
+        process = ManagedProcess("operator", [str(KUBEAGENTS), "operator"], log, env=env)
+        started.append(process)
+        try:
+            process.wait_for_log(r"kubeagents operator watching", timeout=30)
+        except HarnessError as error:
+            pytest.fail(f"the operator did not start: {error}", pytrace=False)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def operator(start_operator: StartOperator) -> ManagedProcess:
+    return start_operator()
+
+
+def apply(cluster: ControlPlane, namespace: str, manifest: dict[str, Any], tmp: Path) -> None:
+    file = tmp / f"{manifest['kind']}-{manifest['metadata']['name']}.json"
+    file.write_text(json.dumps(manifest))
+    cluster.kubectl("create", "-n", namespace, "-f", str(file))
+
+
+def get(cluster: ControlPlane, namespace: str, kind: str, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(
+        cluster.kubectl("get", "-n", namespace, kind, name, "-o", "json").stdout
+    )
+    return found
+
+
+def test_the_diamond_team_runs_to_succeeded_from_kubectl(
+    cluster: ControlPlane,
+    namespace: str,
+    operator: ManagedProcess,
+    start_agents: StartAgents,
+    fake_anthropic: FakeAnthropicControl,
+    tmp_path: Path,
+) -> None:
+    start_agents(namespace)
+    fake_anthropic.enqueue(
+        Reply.with_text("the facts", input_tokens=30, output_tokens=10),
+        Reply.with_text(SECTIONS, input_tokens=30, output_tokens=10, times=2),
+        Reply.with_text("the report", input_tokens=30, output_tokens=10),
+    )
+    apply(cluster, namespace, TEAM, tmp_path)
+    team = wait_for(
+        lambda: (t := get(cluster, namespace, "agentteam", "research-then-summarize"))
+        .get("status", {}).get("conditions") and t,
+        timeout=30,
+        what="the team's Valid condition",
+    )  # fmt: skip
+    assert team["status"]["conditions"][0]["status"] == "True", team["status"]
+    apply(cluster, namespace, RUN, tmp_path)
+    cluster.kubectl(
+        "wait", "-n", namespace, "--for=condition=Succeeded", "--timeout=90s", "agentrun/report-1"
+    )
+    run = get(cluster, namespace, "agentrun", "report-1")
+    status = run["status"]
+    assert (status["phase"], status["output"], status["progress"]) == (
+        "Succeeded", "the report", "4/4"
+    )  # fmt: skip
+    assert status["steps"]["outline"]["data"] == {"sections": ["intro", "risks"]}
+    assert status["steps"]["research"]["output"] == "the facts"
+    assert status["usage"]["tokens"] == 4 * 40
+    prompts = [str(call.body["messages"][0]["content"]) for call in model_calls(fake_anthropic)]
+    assert prompts[0] == "Research AI in healthcare"
+    assert prompts[3] == f'Write ["intro","risks"], fixing: {SECTIONS}'
+    table = cluster.kubectl("get", "-n", namespace, "agentruns").stdout.splitlines()
+    assert table[0].split() == ["NAME", "TEAM", "PHASE", "STEPS", "TOKENS", "COST", "AGE"]
+    assert table[1].split()[:5] == [
+        "report-1",
+        "research-then-summarize",
+        "Succeeded",
+        "4/4",
+        "160",
+    ]
+    events = cluster.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=report-1",
+        "-o", "jsonpath={.items[*].reason}",
+    ).stdout.split()  # fmt: skip
+    assert events.count("StepSucceeded") == 4
+
+
+def test_a_run_whose_input_does_not_match_the_schema_fails_naming_the_key(
+    cluster: ControlPlane, namespace: str, operator: ManagedProcess, tmp_path: Path
+) -> None:
+    apply(cluster, namespace, TEAM, tmp_path)
+    apply(
+        cluster,
+        namespace,
+        {**RUN, "spec": {"team": TEAM["metadata"]["name"], "input": {}}},
+        tmp_path,
+    )
+    status = wait_for(
+        lambda: (
+            get(cluster, namespace, "agentrun", "report-1").get("status", {}).get("phase")
+            and get(cluster, namespace, "agentrun", "report-1")["status"]
+        ),
+        timeout=30,
+        what="the run to be judged",
+    )
+    assert status["phase"] == "Failed"
+    assert status["message"] == "spec.input: at (root): 'topic' is a required property"
+
+
+def run_status(cluster: ControlPlane, namespace: str) -> dict[str, Any]:
+    status: dict[str, Any] = get(cluster, namespace, "agentrun", "report-1").get("status", {})
+    return status
+
+
+def step_phases(cluster: ControlPlane, namespace: str) -> dict[str, str]:
+    steps = run_status(cluster, namespace).get("steps", {})
+    return {name: step.get("phase", "") for name, step in steps.items()}
+
+
+def test_a_killed_operator_resumes_the_run_and_no_step_runs_twice(
+    cluster: ControlPlane,
+    namespace: str,
+    start_operator: StartOperator,
+    start_agents: StartAgents,
+    fake_anthropic: FakeAnthropicControl,
+    tmp_path: Path,
+) -> None:
+    start_agents(namespace)
+    first = start_operator()
+    fake_anthropic.enqueue(
+        Reply.with_text("the facts", input_tokens=30, output_tokens=10),
+        Reply.with_text(SECTIONS, input_tokens=30, output_tokens=10, latency_ms=3000, times=2),
+        Reply.with_text("the report", input_tokens=30, output_tokens=10),
+    )
+    apply(cluster, namespace, TEAM, tmp_path)
+    apply(cluster, namespace, RUN, tmp_path)
+    wait_for(
+        lambda: step_phases(cluster, namespace).get("outline") == "Running",
+        timeout=60,
+        what="the middle steps to run",
+    )
+    first.kill()  # kill -9, mid-run
+    start_operator()
+    cluster.kubectl(
+        "wait", "-n", namespace, "--for=condition=Succeeded", "--timeout=90s", "agentrun/report-1"
+    )
+    prompts = [str(call.body["messages"][0]["content"]) for call in model_calls(fake_anthropic)]
+    assert len(prompts) == 4, prompts  # each step's prompt exactly once
+    assert len(set(prompts)) == 4, prompts
+    assert run_status(cluster, namespace)["output"] == "the report"
+
+
+def test_cancel_through_the_spec_stops_the_run(
+    cluster: ControlPlane,
+    namespace: str,
+    operator: ManagedProcess,
+    start_agents: StartAgents,
+    fake_anthropic: FakeAnthropicControl,
+    tmp_path: Path,
+) -> None:
+    start_agents(namespace)
+    fake_anthropic.enqueue(
+        # In flight while the run is cancelled: long enough for the operator to see the
+        # cancel (a watch event, milliseconds) before this answer could free the next steps.
+        Reply.with_text("the facts", input_tokens=30, output_tokens=10, latency_ms=10_000),
+    )
+    apply(cluster, namespace, TEAM, tmp_path)
+    apply(cluster, namespace, RUN, tmp_path)
+    wait_for(
+        lambda: step_phases(cluster, namespace).get("research") == "Running",
+        timeout=60,
+        what="the first step to run",
+    )
+    cluster.kubectl(
+        "patch", "-n", namespace, "agentrun", "report-1", "--type", "merge",
+        "-p", '{"spec": {"cancel": true}}',
+    )  # fmt: skip
+    wait_for(
+        lambda: run_status(cluster, namespace).get("phase") == "Cancelled",
+        timeout=60,
+        what="the run to be cancelled",
+    )
+    phases = step_phases(cluster, namespace)
+    assert phases["summarize"] == "Skipped"
+    # The call in flight when the run was cancelled finishes; none follows it.
+    wait_for(
+        lambda: all(r.finished for r in model_calls(fake_anthropic)),
+        timeout=30,
+        what="the call in flight to finish",
+    )
+    assert len(model_calls(fake_anthropic)) == 1
