@@ -263,3 +263,62 @@ def test_cancel_through_the_spec_stops_the_run(
         what="the call in flight to finish",
     )
     assert len(model_calls(fake_anthropic)) == 1
+
+
+def test_an_output_that_never_matches_its_schema_fails_the_step_and_the_run(
+    cluster: ControlPlane,
+    namespace: str,
+    operator: ManagedProcess,
+    start_agents: StartAgents,
+    fake_anthropic: FakeAnthropicControl,
+    tmp_path: Path,
+) -> None:
+    start_agents(namespace)
+    team = json.loads(json.dumps(TEAM))
+    team["spec"]["steps"][2]["maxAttempts"] = 2
+    fake_anthropic.enqueue(
+        Reply.with_text("the facts", input_tokens=30, output_tokens=10),
+        Reply.with_text("no json here", input_tokens=30, output_tokens=10, times=4),
+    )
+    apply(cluster, namespace, team, tmp_path)
+    apply(cluster, namespace, RUN, tmp_path)
+    cluster.kubectl(
+        "wait", "-n", namespace, "--for=condition=Failed", "--timeout=90s", "agentrun/report-1"
+    )
+    status = run_status(cluster, namespace)
+    outline = status["steps"]["outline"]
+    assert (outline["phase"], outline["attempts"]) == ("Failed", 2)
+    assert outline["message"] == "OutputInvalid: the output holds no JSON value (fenced or not)"
+    assert status["message"].startswith("step outline failed: OutputInvalid")
+    assert status["steps"]["summarize"]["phase"] == "Skipped"
+    retry = [
+        str(call.body["messages"][0]["content"])
+        for call in model_calls(fake_anthropic)
+        if "Outline" in str(call.body["messages"][0]["content"])
+    ]
+    assert len(retry) == 2
+    assert "Your previous answer was rejected: the output holds no JSON value" in retry[1]
+
+
+def test_the_run_budget_holds_across_both_agents_and_fails_the_run(
+    cluster: ControlPlane,
+    namespace: str,
+    operator: ManagedProcess,
+    start_agents: StartAgents,
+    fake_anthropic: FakeAnthropicControl,
+    tmp_path: Path,
+) -> None:
+    start_agents(namespace)
+    team = json.loads(json.dumps(TEAM))
+    team["spec"]["budget"] = {"tokens": 600}
+    # About 220 tokens a call: the first step fits the run's budget, the two parallel ones
+    # (one on each agent) cannot both fit what is left.
+    fake_anthropic.set_default(Reply.with_text(SECTIONS, output_tokens=200))
+    apply(cluster, namespace, team, tmp_path)
+    apply(cluster, namespace, RUN, tmp_path)
+    cluster.kubectl(
+        "wait", "-n", namespace, "--for=condition=Failed", "--timeout=90s", "agentrun/report-1"
+    )
+    status = run_status(cluster, namespace)
+    assert "BudgetExceeded" in status["message"], status
+    assert fake_anthropic.bill().total_tokens <= 600  # the upstream's own bill
