@@ -13,6 +13,7 @@ from kubeagents.process import announce, run, stop_on_signals
 from kubeagents.redis_link import RedisLink
 from kubeagents_operator.handlers import OperatorDeps, register
 from kubeagents_operator.kube import KubeClient
+from kubeagents_operator.metrics import OperatorMetrics
 from kubeagents_operator.settings import OperatorSettings
 
 
@@ -52,10 +53,12 @@ async def serve(settings: OperatorSettings) -> int:
     link = new_link()
     kube = KubeClient.discover()
     registry = kopf.OperatorRegistry()
-    register(registry, OperatorDeps(settings=settings, kube=kube, link=link, new_link=new_link))
+    metrics = OperatorMetrics()
+    deps = OperatorDeps(settings=settings, kube=kube, link=link, new_link=new_link, metrics=metrics)
+    register(registry, deps)
     ready = asyncio.Event()
     stop = stop_on_signals()
-    runner = web.AppRunner(admin_app(link, ready, CollectorRegistry()), access_log=None)
+    runner = web.AppRunner(admin_app(link, ready, metrics.registry), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.metrics_host, settings.metrics_port)
     await site.start()

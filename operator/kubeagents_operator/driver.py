@@ -131,6 +131,15 @@ class RunDriver:
                 runs.add(as_fields(flat).get("run", ""))
         return runs
 
+    async def cost_usd(self, team: TeamSpec, run: str) -> float:
+        """What the proxies metered for the run, in US dollars: the `used_usd` of the run's
+        budget ledger (`kubeagents:{<ns>/run:<run>}:run:totals`, docs/architecture.md); the
+        operator keeps no price table of its own."""
+        any_agent = next(iter(sorted(set(team.roles.values()))))
+        key = f"kubeagents:{{{self.namespace}/run:{run}}}:run:totals"
+        nanos = await self.link_for(any_agent).execute("HGET", key, "used_usd")
+        return int(nanos or 0) / 1e9
+
     async def cancel(self, team: TeamSpec, run: str) -> None:
         """Set the run's cancel mark on every agent of the team (their runtimes stop the run's
         tasks before the next model turn)."""

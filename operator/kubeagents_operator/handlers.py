@@ -26,6 +26,7 @@ import kopf
 from kubeagents.redis_link import RedisLink
 from kubeagents_operator.driver import DoneCursor, RunDriver, skipped
 from kubeagents_operator.kube import GROUP, VERSION, KubeClient
+from kubeagents_operator.metrics import OperatorMetrics
 from kubeagents_operator.runs import (
     StepState,
     TeamSpec,
@@ -46,6 +47,7 @@ class OperatorDeps:
     kube: KubeClient
     link: RedisLink  # commands
     new_link: Callable[[], RedisLink]  # a link of its own (for a run's blocking waits)
+    metrics: OperatorMetrics
 
 
 def now() -> str:
@@ -183,6 +185,73 @@ def _fail(patch: kopf.Patch, reason: str, message: str) -> None:
     )
 
 
+@dataclass
+class _Run:
+    """One run being driven: what writing its status needs."""
+
+    deps: OperatorDeps
+    team: TeamSpec
+    team_name: str
+    name: str
+    namespace: str
+    uid: str
+    rid: str
+    driver: RunDriver
+    started: float
+
+    async def write(self, states: Mapping[str, StepState], **final: Any) -> None:
+        cost = await self.driver.cost_usd(self.team, self.rid)
+        status = {
+            "steps": _steps_status(self.deps, self.team, states),
+            "progress": progress_text(self.team, states),
+            "usage": _usage(states, cost),
+            **final,
+        }
+        await self.deps.kube.patch_status(RUNS, self.namespace, self.name, status)
+
+    async def finish(
+        self,
+        states: Mapping[str, StepState],
+        phase: str,
+        reason: str,
+        message: str,
+        output: str = "",
+    ) -> None:
+        if phase != "Succeeded":
+            await self.driver.cancel(self.team, self.rid)  # running tasks stop, queued never run
+            states = skipped(states, self.team)
+        final: dict[str, Any] = {
+            "phase": phase,
+            "completionTime": now(),
+            "message": message,
+            "conditions": [
+                condition("Succeeded", phase == "Succeeded", reason, message),
+                *([] if phase == "Succeeded" else [condition(phase, True, reason, message)]),
+            ],
+        }
+        if output:
+            final["output"] = output
+        await self.write(states, **final)
+        metrics = self.deps.metrics
+        metrics.runs.labels(self.team_name, phase).inc()
+        metrics.run_duration.labels(self.team_name).observe(time.monotonic() - self.started)
+        metrics.run_cost.labels(self.team_name).inc(await self.driver.cost_usd(self.team, self.rid))
+
+    async def announce(self, before: Mapping[str, str], states: Mapping[str, StepState]) -> None:
+        """An Event (and a metric) per step transition."""
+        for step, state in states.items():
+            if before.get(step) == state.phase:
+                continue
+            self.deps.metrics.steps.labels(state.phase).inc()
+            message = f"step {step}: {state.phase}" + (
+                f": {state.message}" if state.message else ""
+            )
+            await self.deps.kube.event(
+                kind="AgentRun", namespace=self.namespace, name=self.name, uid=self.uid,
+                reason=f"Step{state.phase}", message=message, warning=state.phase == "Failed",
+            )  # fmt: skip
+
+
 async def drive_run(
     deps: OperatorDeps,
     *,
@@ -195,7 +264,6 @@ async def drive_run(
 ) -> None:
     """Drive one run until it ends (or the operator stops: then a restart resumes it)."""
     team = TeamSpec.parse(plain(status["team"]))
-    rid = run_id(name, uid)
     run_input = plain(spec.get("input") or {})
     states = {
         step: StepState.from_status(plain(state))
@@ -203,70 +271,42 @@ async def drive_run(
     }
     wait_link = deps.new_link()
     driver = RunDriver(lambda _: deps.link, namespace=namespace, wait_link_for=lambda _: wait_link)
-    kube = deps.kube
-    started = time.monotonic()
+    run = _Run(
+        deps, team, str(spec["team"]), name, namespace, uid, run_id(name, uid), driver,
+        time.monotonic(),
+    )  # fmt: skip
     cursor = DoneCursor()
+    woke = time.monotonic()
     try:
         states = await _restore_outputs(driver, team, states)
         while not stopped:
             if spec.get("cancel"):
-                await driver.cancel(team, rid)
-                await _finish(
-                    deps,
-                    team,
-                    states,
-                    name,
-                    namespace,
-                    "Cancelled",
-                    "Cancelled",
-                    "cancelled by spec.cancel",
-                )
+                await run.finish(states, "Cancelled", "Cancelled", "cancelled by spec.cancel")
                 return
-            if team.timeout_seconds and time.monotonic() - started > team.timeout_seconds:
-                await driver.cancel(team, rid)
-                await _finish(
-                    deps,
-                    team,
-                    states,
-                    name,
-                    namespace,
-                    "Failed",
-                    "Timeout",
-                    f"the run took longer than its timeoutSeconds ({team.timeout_seconds})",
-                )
+            if team.timeout_seconds and time.monotonic() - run.started > team.timeout_seconds:
+                message = f"the run took longer than its timeoutSeconds ({team.timeout_seconds})"
+                await run.finish(states, "Failed", "Timeout", message)
                 return
             before = {step: state.phase for step, state in states.items()}
             states = await driver.collect(team, states)
             if spec.get("cancel"):
                 continue  # seen while collecting: cancel before dispatching anything more
-            states, progress = await driver.dispatch(
-                team, run=rid, run_uid=uid, run_input=run_input, states=states
+            finished = any(
+                states[step].phase != phase for step, phase in before.items() if step in states
             )
-            for step, state in states.items():
-                if before.get(step) != state.phase:
-                    await kube.event(
-                        kind="AgentRun", namespace=namespace, name=name, uid=uid,
-                        reason=f"Step{state.phase}", message=f"step {step}: {state.phase}"
-                        + (f": {state.message}" if state.message else ""),
-                        warning=state.phase == "Failed",
-                    )  # fmt: skip
+            states, progress = await driver.dispatch(
+                team, run=run.rid, run_uid=uid, run_input=run_input, states=states
+            )
+            if finished and progress.dispatch:
+                deps.metrics.dispatch_latency.observe(time.monotonic() - woke)
+            await run.announce(before, states)
             if progress.phase != "Running":
-                if progress.phase == "Failed":
-                    await driver.cancel(team, rid)  # running siblings stop
-                await _finish(
-                    deps,
-                    team,
-                    states,
-                    name,
-                    namespace,
-                    progress.phase,
-                    progress.phase,
-                    progress.message,
-                    progress.output,
-                )
+                phase = progress.phase
+                await run.finish(states, phase, phase, progress.message, progress.output)
                 return
-            await kube.patch_status(RUNS, namespace, name, _running_status(deps, team, states))
-            await driver.wait(team, rid, cursor, within=deps.settings.wait_seconds)
+            await run.write(states)
+            await driver.wait(team, run.rid, cursor, within=deps.settings.wait_seconds)
+            woke = time.monotonic()
     finally:
         await wait_link.aclose()
 
@@ -304,46 +344,7 @@ def _steps_status(
     return steps
 
 
-def _usage(states: Mapping[str, StepState]) -> dict[str, Any]:
+def _usage(states: Mapping[str, StepState], cost_usd: float) -> dict[str, Any]:
     usage = total_usage(states)
     tokens = sum(usage.values())
-    return {"tokens": tokens, **usage}
-
-
-def _running_status(
-    deps: OperatorDeps, team: TeamSpec, states: Mapping[str, StepState]
-) -> dict[str, Any]:
-    return {
-        "steps": _steps_status(deps, team, states),
-        "progress": progress_text(team, states),
-        "usage": _usage(states),
-    }
-
-
-async def _finish(
-    deps: OperatorDeps,
-    team: TeamSpec,
-    states: Mapping[str, StepState],
-    name: str,
-    namespace: str,
-    phase: str,
-    reason: str,
-    message: str,
-    output: str = "",
-) -> None:
-    final = skipped(states, team) if phase != "Succeeded" else dict(states)
-    status = _running_status(deps, team, final)
-    status.update(
-        {
-            "phase": phase,
-            "completionTime": now(),
-            "message": message,
-            "conditions": [
-                condition("Succeeded", phase == "Succeeded", reason, message),
-                *([] if phase == "Succeeded" else [condition(phase, True, reason, message)]),
-            ],
-        }
-    )
-    if output:
-        status["output"] = output
-    await deps.kube.patch_status(RUNS, namespace, name, status)
+    return {"tokens": tokens, **usage, "cost": f"${cost_usd:.4f}"}

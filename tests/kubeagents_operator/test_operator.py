@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from harness.agents import StartAgents
@@ -152,6 +153,15 @@ def test_the_diamond_team_runs_to_succeeded_from_kubectl(
         "4/4",
         "160",
     ]
+    assert float(status["usage"]["cost"].lstrip("$")) > 0  # what the proxies metered
+    port = operator.wait_for_log(r"metrics on port (\d+)", timeout=5).group(1)
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert (
+        'kubeagents_operator_runs_total{phase="Succeeded",team="research-then-summarize"} 1.0'
+        in metrics
+    )
+    assert 'kubeagents_operator_steps_total{phase="Succeeded"} 4.0' in metrics
+    assert "kubeagents_operator_dispatch_latency_seconds_count 2.0" in metrics
     events = cluster.kubectl(
         "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=report-1",
         "-o", "jsonpath={.items[*].reason}",
