@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from harness.agents import StartAgents
 from harness.controlplane import ControlPlane
@@ -332,3 +333,59 @@ def test_the_run_budget_holds_across_both_agents_and_fails_the_run(
     status = run_status(cluster, namespace)
     assert "BudgetExceeded" in status["message"], status
     assert fake_anthropic.bill().total_tokens <= 600  # the upstream's own bill
+
+
+def test_deleting_a_running_run_stops_its_tasks(
+    cluster: ControlPlane,
+    namespace: str,
+    operator: ManagedProcess,
+    start_agents: StartAgents,
+    fake_anthropic: FakeAnthropicControl,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    agents = start_agents(namespace)
+    fake_anthropic.enqueue(
+        Reply.with_text("the facts", input_tokens=30, output_tokens=10, latency_ms=10_000),
+    )
+    apply(cluster, namespace, TEAM, tmp_path)
+    apply(cluster, namespace, RUN, tmp_path)
+    wait_for(
+        lambda: step_phases(cluster, namespace).get("research") == "Running",
+        timeout=60,
+        what="the first step to run",
+    )
+    uid = get(cluster, namespace, "agentrun", "report-1")["metadata"]["uid"]
+    cluster.kubectl("delete", "-n", namespace, "agentrun", "report-1", "--wait=false")
+    with redis.Redis.from_url(redis_url) as client:
+        mark = f"kubeagents:{{{namespace}/research}}:cancelled:report-1.{uid[:8]}"
+        wait_for(lambda: client.exists(mark), timeout=30, what="the cancel mark")
+    runtime = agents["research"][1]
+    task = runtime.wait_final(f"{uid.replace('-', '')}.research.1", timeout=60)
+    assert task["status"] == "succeeded"  # the call in flight finishes; nothing follows it
+    assert len(model_calls(fake_anthropic)) == 1
+
+
+def test_a_run_past_its_timeout_fails_and_its_tasks_stop(
+    cluster: ControlPlane,
+    namespace: str,
+    operator: ManagedProcess,
+    start_agents: StartAgents,
+    fake_anthropic: FakeAnthropicControl,
+    tmp_path: Path,
+) -> None:
+    start_agents(namespace)
+    team = json.loads(json.dumps(TEAM))
+    team["spec"]["timeoutSeconds"] = 2
+    fake_anthropic.enqueue(
+        Reply.with_text("the facts", input_tokens=30, output_tokens=10, latency_ms=10_000),
+    )
+    apply(cluster, namespace, team, tmp_path)
+    apply(cluster, namespace, RUN, tmp_path)
+    cluster.kubectl(
+        "wait", "-n", namespace, "--for=condition=Failed", "--timeout=60s", "agentrun/report-1"
+    )
+    status = run_status(cluster, namespace)
+    assert status["conditions"][0]["reason"] == "Timeout"
+    assert status["message"] == "the run took longer than its timeoutSeconds (2)"
+    assert status["steps"]["summarize"]["phase"] == "Skipped"
