@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from harness.controlplane import ControlPlane
+from kubeagents_operator.runs import TeamSpec, team_problems
 
 CRDS = Path(__file__).parents[2] / "operator" / "crds"
 
@@ -139,3 +140,18 @@ def test_a_run_spec_is_immutable_except_cancel(
     assert "spec.team is immutable" in patch({"team": "other-team"})
     assert patch({"cancel": True}) == ""
     assert "a cancelled run cannot be resumed" in patch({"cancel": False})
+
+
+def test_the_examples_are_accepted_and_the_team_is_valid(
+    crds: ControlPlane, namespace: str
+) -> None:
+    examples = Path(__file__).parents[2] / "examples"
+    crds.kubectl("create", "-n", namespace, "-f", str(examples / "team.yaml"))
+    crds.kubectl("create", "-n", namespace, "-f", str(examples / "run.yaml"))
+    team = json.loads(
+        crds.kubectl(
+            "get", "-n", namespace, "agentteam", "research-then-summarize", "-o", "json"
+        ).stdout
+    )
+    assert team_problems(TeamSpec.parse(team["spec"])) == []
+    assert {role["agent"] for role in team["spec"]["roles"].values()} == {"research", "summarizer"}
