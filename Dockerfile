@@ -42,6 +42,7 @@ COPY kubeagents ./kubeagents
 COPY sidecar ./sidecar
 COPY probe ./probe
 COPY runtime ./runtime
+COPY operator ./operator
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --locked --no-dev --no-editable
 

@@ -231,11 +231,13 @@ class _Run:
         }
         if output:
             final["output"] = output
-        await self.write(states, **final)
+        # Counted before the final status is written, so that whoever sees the status (kubectl
+        # wait) finds the metrics already there.
         metrics = self.deps.metrics
         metrics.runs.labels(self.team_name, phase).inc()
         metrics.run_duration.labels(self.team_name).observe(time.monotonic() - self.started)
         metrics.run_cost.labels(self.team_name).inc(await self.driver.cost_usd(self.team, self.rid))
+        await self.write(states, **final)
 
     async def announce(self, before: Mapping[str, str], states: Mapping[str, StepState]) -> None:
         """An Event (and a metric) per step transition."""
