@@ -45,7 +45,7 @@ from kubeagents_runtime.settings import RuntimeSettings
 
 CHART = REPO / "charts" / "agent"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
-EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+EXAMPLES = sorted((REPO / "examples").glob("*-agent.yaml"))  # values of agent releases
 MONITORING_API = "monitoring.coreos.com/v1"
 RELEASE, NAMESPACE = "research", "team-a"
 FULLNAME = "research-agent"  # release "research" + chart "agent"

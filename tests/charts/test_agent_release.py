@@ -76,7 +76,7 @@ def replica_sets(helm: Helm, release: str) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize(
     "values",
-    sorted((AGENT_CHART / "ci").glob("*-values.yaml")) + sorted(EXAMPLES.glob("*.yaml")),
+    sorted((AGENT_CHART / "ci").glob("*-values.yaml")) + sorted(EXAMPLES.glob("*-agent.yaml")),
     ids=lambda path: path.name,
 )
 def test_every_ci_case_renders_objects_the_api_server_accepts(
