@@ -15,30 +15,13 @@ import pytest
 from harness.agents import AGENTS, StartAgents
 from harness.proxy import ProxyProcess
 from harness.runtime import RuntimeProcess, model_calls
+from harness.teams import DIAMOND, INPUT, SECTIONS
 from kubeagents.fake_anthropic import FakeAnthropicControl, Reply
 from kubeagents.redis_link import RedisLink
 from kubeagents_operator.driver import DoneCursor, RunDriver
 from kubeagents_operator.runs import Progress, StepState, TeamSpec
 
-SECTIONS = '```json\n{"sections": ["intro", "risks"]}\n```'
-TEAM = TeamSpec.parse(
-    {
-        "roles": {"researcher": {"agent": "research"}, "writer": {"agent": "summarizer"}},
-        "steps": [
-            {"name": "research", "role": "researcher", "prompt": "Research {{ .input.topic }}"},
-            {"name": "critique", "role": "researcher", "dependsOn": ["research"],
-             "prompt": "Critique: {{ .steps.research.output }}"},
-            {"name": "outline", "role": "writer", "dependsOn": ["research"],
-             "prompt": "Outline: {{ .steps.research.output }}",
-             "outputSchema": {"type": "object", "required": ["sections"]}},
-            {"name": "summarize", "role": "writer", "dependsOn": ["critique", "outline"],
-             "prompt": "Write {{ .steps.outline.data.sections }}, fixing: {{ .steps.critique.output }}"},  # noqa: E501
-        ],
-        "output": "{{ .steps.summarize.output }}",
-        "budget": {"tokens": 100000},
-    }
-)  # fmt: skip
-INPUT = {"topic": "AI in healthcare"}
+TEAM = TeamSpec.parse(DIAMOND["spec"])
 
 
 @pytest.fixture

@@ -18,32 +18,11 @@ from harness.controlplane import ControlPlane
 from harness.processes import HarnessError, ManagedProcess, settings_env, wait_for
 from harness.proxy import KUBEAGENTS
 from harness.runtime import model_calls
+from harness.teams import DIAMOND, SECTIONS
 from kubeagents.fake_anthropic import FakeAnthropicControl, Reply
 
 CRDS = Path(__file__).parents[2] / "operator" / "crds"
-SECTIONS = '```json\n{"sections": ["intro", "risks"]}\n```'
-TEAM: dict[str, Any] = {
-    "apiVersion": "kubeagents.io/v1alpha1",
-    "kind": "AgentTeam",
-    "metadata": {"name": "research-then-summarize"},
-    "spec": {
-        "roles": {"researcher": {"agent": "research"}, "writer": {"agent": "summarizer"}},
-        "inputSchema": {"type": "object", "required": ["topic"],
-                        "properties": {"topic": {"type": "string"}}},
-        "steps": [
-            {"name": "research", "role": "researcher", "prompt": "Research {{ .input.topic }}"},
-            {"name": "critique", "role": "researcher", "dependsOn": ["research"],
-             "prompt": "Critique: {{ .steps.research.output }}"},
-            {"name": "outline", "role": "writer", "dependsOn": ["research"],
-             "prompt": "Outline: {{ .steps.research.output }}",
-             "outputSchema": {"type": "object", "required": ["sections"]}},
-            {"name": "summarize", "role": "writer", "dependsOn": ["critique", "outline"],
-             "prompt": "Write {{ .steps.outline.data.sections }}, fixing: {{ .steps.critique.output }}"},  # noqa: E501
-        ],
-        "output": "{{ .steps.summarize.output }}",
-        "budget": {"tokens": 100000},
-    },
-}  # fmt: skip
+TEAM = DIAMOND
 RUN: dict[str, Any] = {
     "apiVersion": "kubeagents.io/v1alpha1",
     "kind": "AgentRun",
