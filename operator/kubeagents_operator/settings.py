@@ -36,6 +36,28 @@ class OperatorSettings(BaseSettings):
         description="A step's output in the run's status is cut past this many characters; the "
         "full text stays in the task's result in Redis.",
     )
+    leader_election: bool = Field(
+        default=False,
+        description="Drive runs only while holding the Lease `lease_name` (coordination.k8s.io), "
+        "so that of several replicas exactly one works and another takes over when it dies.",
+    )
+    lease_name: str = Field(default="kubeagents-operator", description="Name of that Lease.")
+    lease_namespace: str = Field(
+        default="",
+        description="Namespace of that Lease; empty: the pod's own namespace (the service "
+        "account's namespace file).",
+    )
+    lease_duration_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="How long a Lease not renewed stays held: the longest a dead leader blocks "
+        "its successor. It is renewed every third of that.",
+    )
+    identity: str = Field(
+        default="",
+        description="This replica's name in the Lease (`holderIdentity`); empty: the host name "
+        "(in a pod: the pod's name) and the process id.",
+    )
     wait_seconds: float = Field(
         default=5.0,
         gt=0,
