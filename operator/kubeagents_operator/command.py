@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
+from pathlib import Path
 
 import kopf
 from aiohttp import web
@@ -13,16 +16,22 @@ from kubeagents.process import announce, run, stop_on_signals
 from kubeagents.redis_link import RedisLink
 from kubeagents_operator.handlers import OperatorDeps, register
 from kubeagents_operator.kube import KubeClient
+from kubeagents_operator.leader import LeaseElector
 from kubeagents_operator.metrics import OperatorMetrics
 from kubeagents_operator.settings import OperatorSettings
 
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
-def admin_app(link: RedisLink, ready: asyncio.Event, metrics: CollectorRegistry) -> web.Application:
+
+def admin_app(
+    link: RedisLink, ready: asyncio.Event, standby: asyncio.Event, metrics: CollectorRegistry
+) -> web.Application:
     async def livez(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        checks = {"kopf": "ok" if ready.is_set() else "starting"}
+        # A replica waiting for the Lease is ready: it is healthy, and takes over when needed.
+        checks = {"kopf": "ok" if ready.is_set() or standby.is_set() else "starting"}
         try:
             async with asyncio.timeout(2):
                 await link.ping()
@@ -56,12 +65,27 @@ async def serve(settings: OperatorSettings) -> int:
     metrics = OperatorMetrics()
     deps = OperatorDeps(settings=settings, kube=kube, link=link, new_link=new_link, metrics=metrics)
     register(registry, deps)
-    ready = asyncio.Event()
+    ready, standby = asyncio.Event(), asyncio.Event()
     stop = stop_on_signals()
-    runner = web.AppRunner(admin_app(link, ready, metrics.registry), access_log=None)
+    runner = web.AppRunner(admin_app(link, ready, standby, metrics.registry), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.metrics_host, settings.metrics_port)
     await site.start()
+    elector = _elector(settings, kube) if settings.leader_election else None
+    holding: asyncio.Task[None] | None = None
+    if elector is not None:
+        standby.set()
+        acquiring = asyncio.ensure_future(elector.acquire())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not acquiring.done():
+            acquiring.cancel()
+            await _close(runner, kube, link)
+            return 0
+        standby.clear()
+        holding = asyncio.create_task(elector.hold())
+        holding.add_done_callback(lambda _: stop.set())  # lost the Lease: stop driving at once
     announce(
         f"kubeagents operator watching {', '.join(settings.watch_namespaces) or 'every namespace'} "
         f"(metrics on port {runner.addresses[0][1]})"
@@ -76,16 +100,48 @@ async def serve(settings: OperatorSettings) -> int:
             standalone=True,
         )
     )
+    lost = False
     try:
         await operator
     finally:
         operator.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await operator
-        await runner.cleanup()
-        await kube.aclose()
-        await link.aclose()
-    return 0
+        if holding is not None and elector is not None:
+            lost = holding.done() and not holding.cancelled() and holding.exception() is not None
+            if lost:
+                announce(f"kubeagents operator stopped: {holding.exception()}")
+            else:
+                holding.cancel()
+                with contextlib.suppress(Exception):
+                    await elector.release()
+        await _close(runner, kube, link)
+    return 1 if lost else 0
+
+
+async def _close(runner: web.AppRunner, kube: KubeClient, link: RedisLink) -> None:
+    await runner.cleanup()
+    await kube.aclose()
+    await link.aclose()
+
+
+def _elector(settings: OperatorSettings, kube: KubeClient) -> LeaseElector:
+    namespace = settings.lease_namespace
+    if not namespace:
+        if not SERVICE_ACCOUNT_NAMESPACE.exists():
+            raise SystemExit(
+                "KUBEAGENTS_OPERATOR_LEASE_NAMESPACE is empty and there is no service account "
+                f"namespace file ({SERVICE_ACCOUNT_NAMESPACE}): set the Lease's namespace"
+            )
+        namespace = SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    identity = settings.identity or f"{socket.gethostname()}_{os.getpid()}"
+    return LeaseElector(
+        kube.http,
+        namespace=namespace,
+        name=settings.lease_name,
+        identity=identity,
+        duration_seconds=settings.lease_duration_seconds,
+    )
 
 
 def serve_operator(settings: OperatorSettings) -> int:

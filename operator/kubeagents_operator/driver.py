@@ -24,6 +24,7 @@ from typing import Any
 
 from kubeagents.redis_link import RedisLink
 from kubeagents.tasks import FINAL_STATUSES, QueueKeys, TaskQueue, as_fields, as_text
+from kubeagents_operator.agent_health import probe_problem
 from kubeagents_operator.runs import (
     Progress,
     StepState,
@@ -96,11 +97,23 @@ class RunDriver:
         for name, state in states.items():
             if state.phase != "Running" or not state.task_id:
                 continue
-            result = await self.queue(team.agent_of(name)).result(state.task_id)
-            if result is None or result.get("status") not in FINAL_STATUSES:
+            agent = team.agent_of(name)
+            result = await self.queue(agent).result(state.task_id)
+            status = (result or {}).get("status")
+            if result is None or status not in FINAL_STATUSES:
+                message = await self._held(agent) if status == "queued" else ""
+                if message != state.message:
+                    updated[name] = replace(state, message=message)
                 continue
             updated[name] = record_result(team, updated, name, result)
         return updated
+
+    async def _held(self, agent: str) -> str:
+        """Why a step waits in its agent's queue (the step's message while it does)."""
+        problem = await probe_problem(self.link_for(agent), self.namespace, agent)
+        return f"queued: agent {agent} " + (
+            f"is not Ready: {problem}" if problem else "has no runtime that took it yet"
+        )
 
     async def wait(self, team: TeamSpec, run: str, cursor: DoneCursor, within: float) -> bool:
         """Block until an agent of the team announces a finished task of `run` (True), or

@@ -24,6 +24,8 @@ from typing import Any
 import kopf
 
 from kubeagents.redis_link import RedisLink
+from kubeagents_operator import scheduler
+from kubeagents_operator.agent_health import agent_health
 from kubeagents_operator.driver import DoneCursor, RunDriver, skipped
 from kubeagents_operator.kube import GROUP, VERSION, KubeClient
 from kubeagents_operator.metrics import OperatorMetrics
@@ -32,13 +34,18 @@ from kubeagents_operator.runs import (
     TeamSpec,
     input_problem,
     progress_text,
+    reusable_steps,
     team_problems,
     total_usage,
 )
+from kubeagents_operator.scheduler import TeamRef
+from kubeagents_operator.schedules import parse_time
 from kubeagents_operator.settings import OperatorSettings
 
 TEAMS = "agentteams"
 RUNS = "agentruns"
+SCHEDULE_TICK_SECONDS = 1.0
+AGENTS_CHECK_SECONDS = 15.0
 
 
 @dataclass
@@ -95,14 +102,60 @@ def register(registry: kopf.OperatorRegistry, deps: OperatorDeps) -> None:
         team = TeamSpec.parse(plain(spec))
         problems = team_problems(team)
         patch.status["steps"] = len(team.steps)
+        patch.status["schedule"] = _schedule_text(team)
         patch.status["conditions"] = [
             condition(
                 "Valid", not problems, "Invalid" if problems else "Valid", "; ".join(problems)
             )
         ]
 
+    @kopf.timer(GROUP, VERSION, TEAMS, registry=registry, interval=AGENTS_CHECK_SECONDS)
+    async def team_agents(
+        spec: kopf.Spec, status: kopf.Status, namespace: str | None, name: str, **_: Any
+    ) -> None:
+        """`status.agents` (per role: the agent, ready, why not) and `status.agentsReady`
+        (`ready/total`), for `kubectl describe agentteam` and `kubectl get agentteams`."""
+        assert namespace is not None
+        team = TeamSpec.parse(plain(spec))
+        roles = {}
+        for role, agent in sorted(team.roles.items()):
+            health = await agent_health(deps.kube, deps.link, namespace, agent)
+            roles[role] = health.as_status()
+        ready = sum(1 for entry in roles.values() if entry["ready"])
+        await deps.kube.patch_status(
+            TEAMS, namespace, name, {"agents": roles, "agentsReady": f"{ready}/{len(roles)}"}
+        )
+
+    fired: dict[str, datetime.datetime] = {}
+
+    @kopf.timer(
+        GROUP,
+        VERSION,
+        TEAMS,
+        registry=registry,
+        interval=SCHEDULE_TICK_SECONDS,
+        when=lambda spec, **_: bool(spec.get("schedule")),
+    )
+    async def team_schedule(
+        spec: kopf.Spec,
+        status: kopf.Status,
+        namespace: str | None,
+        name: str,
+        uid: str,
+        meta: kopf.Meta,
+        **_: Any,
+    ) -> None:
+        assert namespace is not None
+        team = TeamSpec.parse(plain(spec))
+        if team_problems(team):
+            return  # the Valid condition says why
+        created = parse_time(str(meta["creationTimestamp"]))
+        team_ref = TeamRef(name=name, namespace=namespace, uid=uid, created=created)
+        await scheduler.tick(deps.kube, team_ref, team, plain(status), fired=fired)
+
     @kopf.on.create(GROUP, VERSION, RUNS, registry=registry)
-    def run_created(
+    async def run_created(
+        name: str,
         spec: kopf.Spec,
         status: kopf.Status,
         namespace: str | None,
@@ -111,34 +164,57 @@ def register(registry: kopf.OperatorRegistry, deps: OperatorDeps) -> None:
     ) -> None:
         if status.get("phase"):
             return
-        teams: kopf.Index[Any, Any] = kwargs["teams"]  # the index above
-        found = list(teams.get((namespace, spec["team"]), []))
-        if not found:
-            _fail(patch, "TeamNotFound", f"spec.team: no AgentTeam {spec['team']} in {namespace}")
-            return
-        team_spec = found[0]
-        team = TeamSpec.parse(team_spec)
-        problems = team_problems(team)
-        if problems:
-            _fail(patch, "InvalidTeam", "; ".join(problems))
-            return
-        problem = input_problem(team, plain(spec.get("input") or {}))
-        if problem is not None:
-            _fail(patch, "InvalidInput", problem)
-            return
-        patch.status.update(
-            {
-                "phase": "Running",
-                "startTime": now(),
-                "team": team_spec,
-                "progress": progress_text(team, {}),
-                "steps": {
-                    step.name: {"phase": "Pending", "agent": team.roles[step.role]}
-                    for step in team.steps
-                },
-                "conditions": [condition("Succeeded", False, "Running", "")],
+        try:
+            teams: kopf.Index[Any, Any] = kwargs["teams"]  # the index above
+            found = list(teams.get((namespace, spec["team"]), []))
+            if not found:
+                _fail(
+                    patch, "TeamNotFound", f"spec.team: no AgentTeam {spec['team']} in {namespace}"
+                )
+                return
+            team_spec = found[0]
+            team = TeamSpec.parse(team_spec)
+            problems = team_problems(team)
+            if problems:
+                _fail(patch, "InvalidTeam", "; ".join(problems))
+                return
+            run_input = plain(spec.get("input") or {})
+            reused: dict[str, StepState] = {}
+            if spec.get("resumeFrom"):
+                assert namespace is not None  # the CRDs are namespaced
+                resumed = await _resumed(deps.kube, namespace, plain(spec), team)
+                if isinstance(resumed, str):
+                    _fail(patch, "InvalidResume", resumed)
+                    return
+                reused, run_input = resumed
+            problem = input_problem(team, run_input)
+            if problem is not None:
+                _fail(patch, "InvalidInput", problem)
+                return
+            steps = {
+                step.name: reused[step.name].as_status()
+                if step.name in reused
+                else {"phase": "Pending", "agent": team.roles[step.role]}
+                for step in team.steps
             }
-        )
+            for step, entry in steps.items():
+                entry["agent"] = team.agent_of(step)
+            patch.status.update(
+                {
+                    "phase": "Running",
+                    "startTime": now(),
+                    "team": team_spec,
+                    "input": run_input,
+                    "progress": progress_text(team, reused),
+                    "steps": steps,
+                    "conditions": [condition("Succeeded", False, "Running", "")],
+                }
+            )
+        finally:
+            if patch.status.get("phase") and namespace:
+                await last_run(
+                    deps, namespace, spec["team"], name, patch.status["phase"], started=True
+                )
 
     @kopf.daemon(
         GROUP,
@@ -169,6 +245,58 @@ def register(registry: kopf.OperatorRegistry, deps: OperatorDeps) -> None:
         if namespace and status.get("team") and status.get("phase") == "Running":
             driver = RunDriver(lambda _: deps.link, namespace=namespace)
             await driver.cancel(TeamSpec.parse(plain(status["team"])), run_id(name, uid))
+
+
+async def _resumed(
+    kube: KubeClient, namespace: str, spec: Mapping[str, Any], team: TeamSpec
+) -> tuple[dict[str, StepState], dict[str, Any]] | str:
+    """What a run with `spec.resumeFrom` takes over from the earlier run: its reusable steps
+    and its input; or why it cannot (a message naming the field)."""
+    earlier_name = spec["resumeFrom"]
+    earlier = await kube.get(RUNS, namespace, earlier_name)
+    if earlier is None:
+        return f"spec.resumeFrom: no AgentRun {earlier_name} in {namespace}"
+    status = earlier.get("status") or {}
+    if earlier["spec"]["team"] != spec["team"]:
+        return (
+            f"spec.resumeFrom: run {earlier_name} is a run of team {earlier['spec']['team']}, "
+            f"not of {spec['team']}"
+        )
+    if status.get("phase") not in ("Succeeded", "Failed", "Cancelled") or not status.get("team"):
+        return f"spec.resumeFrom: run {earlier_name} has not ended (phase {status.get('phase')})"
+    earlier_input = status.get("input", earlier["spec"].get("input") or {})
+    run_input = spec.get("input")
+    if run_input is not None and run_input != earlier_input:
+        return (
+            f"spec.input differs from the input of run {earlier_name}: its outputs cannot be "
+            "reused (omit spec.input to take that run's)"
+        )
+    states = {
+        step: StepState.from_status(state) for step, state in (status.get("steps") or {}).items()
+    }
+    reused = reusable_steps(team, TeamSpec.parse(status["team"]), states, earlier_name)
+    return reused, dict(earlier_input)
+
+
+def _schedule_text(team: TeamSpec) -> str:
+    """The team's SCHEDULE column."""
+    if team.schedule is None:
+        return ""
+    if team.schedule.interval_seconds:
+        return f"@every {team.schedule.interval_seconds}s"
+    return team.schedule.cron
+
+
+async def last_run(
+    deps: OperatorDeps, namespace: str, team: str, run: str, phase: str, *, started: bool
+) -> None:
+    """The team's LAST RUN column: the newest run that started, with its phase; a run that
+    ends updates it only while it is still the newest."""
+    if not started:
+        found = await deps.kube.get(TEAMS, namespace, team)
+        if found is None or (found.get("status") or {}).get("lastRun", {}).get("name") != run:
+            return
+    await deps.kube.patch_status(TEAMS, namespace, team, {"lastRun": {"name": run, "phase": phase}})
 
 
 def _fail(patch: kopf.Patch, reason: str, message: str) -> None:
@@ -231,6 +359,7 @@ class _Run:
         }
         if output:
             final["output"] = output
+        await last_run(self.deps, self.namespace, self.team_name, self.name, phase, started=False)
         # Counted before the final status is written, so that whoever sees the status (kubectl
         # wait) finds the metrics already there.
         metrics = self.deps.metrics
@@ -266,7 +395,7 @@ async def drive_run(
 ) -> None:
     """Drive one run until it ends (or the operator stops: then a restart resumes it)."""
     team = TeamSpec.parse(plain(status["team"]))
-    run_input = plain(spec.get("input") or {})
+    run_input = plain(status.get("input", spec.get("input") or {}))
     states = {
         step: StepState.from_status(plain(state))
         for step, state in (status.get("steps") or {}).items()

@@ -59,17 +59,75 @@ class KubeClient:
             raise RuntimeError("no Kubernetes credentials: no service account, no kubeconfig")
         return cls(info)
 
+    @staticmethod
+    def path(plural: str, namespace: str, name: str = "") -> str:
+        """The path of our custom objects (`name` empty: the collection)."""
+        collection = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}"
+        return f"{collection}/{name}" if name else collection
+
     async def patch_status(
         self, plural: str, namespace: str, name: str, status: dict[str, Any]
     ) -> None:
+        await self.patch(plural, namespace, name, {"status": status}, subresource="status")
+
+    async def patch(
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        body: dict[str, Any],
+        *,
+        subresource: str = "",
+    ) -> None:
+        """A merge patch; an object deleted meanwhile is no error."""
+        path = self.path(plural, namespace, name) + (f"/{subresource}" if subresource else "")
         response = await self.http.patch(
-            f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}/{name}/status",
-            json={"status": status},
-            headers={"content-type": "application/merge-patch+json"},
+            path, json=body, headers={"content-type": "application/merge-patch+json"}
         )
         if response.status_code == 404:
-            return  # deleted meanwhile
+            return
         response.raise_for_status()
+
+    async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        response = await self.http.get(self.path(plural, namespace, name))
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        found: dict[str, Any] = response.json()
+        return found
+
+    async def list_objects(
+        self, plural: str, namespace: str, selector: str
+    ) -> list[dict[str, Any]]:
+        response = await self.http.get(
+            self.path(plural, namespace), params={"labelSelector": selector}
+        )
+        response.raise_for_status()
+        items: list[dict[str, Any]] = response.json()["items"]
+        return items
+
+    async def deployments(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """The Deployments of `namespace` that match the label `selector` (read only: the
+        operator never creates or scales them)."""
+        response = await self.http.get(
+            f"/apis/apps/v1/namespaces/{namespace}/deployments", params={"labelSelector": selector}
+        )
+        response.raise_for_status()
+        items: list[dict[str, Any]] = response.json()["items"]
+        return items
+
+    async def create(self, plural: str, namespace: str, body: dict[str, Any]) -> bool:
+        """Create the object; False when one of that name exists already."""
+        response = await self.http.post(self.path(plural, namespace), json=body)
+        if response.status_code == 409:
+            return False
+        response.raise_for_status()
+        return True
+
+    async def delete(self, plural: str, namespace: str, name: str) -> None:
+        response = await self.http.delete(self.path(plural, namespace, name))
+        if response.status_code != 404:
+            response.raise_for_status()
 
     async def event(
         self,

@@ -24,6 +24,7 @@ import jsonschema
 
 from kubeagents_operator import dag, templates
 from kubeagents_operator.outputs import OutputInvalid, validated
+from kubeagents_operator.schedules import Schedule
 
 TERMINAL_STEP_PHASES = frozenset({"Succeeded", "Failed", "Skipped"})
 RETRY_NOTE = (
@@ -52,10 +53,14 @@ class TeamSpec:
     budget_tokens: int | None = None
     budget_usd: float | None = None
     timeout_seconds: int | None = None
+    schedule: Schedule | None = None
+    keep_succeeded: int = 10  # runsHistoryLimit
+    keep_failed: int = 10
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> TeamSpec:
         budget = spec.get("budget") or {}
+        history = spec.get("runsHistoryLimit") or {}
         return cls(
             roles={role: entry["agent"] for role, entry in (spec.get("roles") or {}).items()},
             steps=tuple(
@@ -75,6 +80,9 @@ class TeamSpec:
             budget_tokens=budget.get("tokens"),
             budget_usd=budget.get("usd"),
             timeout_seconds=spec.get("timeoutSeconds"),
+            schedule=Schedule.parse(spec["schedule"]) if spec.get("schedule") else None,
+            keep_succeeded=int(history.get("succeeded", 10)),
+            keep_failed=int(history.get("failed", 10)),
         )
 
     @property
@@ -106,6 +114,8 @@ def team_problems(team: TeamSpec) -> list[str]:
     found = dag.problems(team.nodes)
     if found:
         return found  # ancestry is meaningless without a DAG
+    if team.schedule is not None:
+        found += team.schedule.problems()
     if team.input_schema is not None:
         try:
             jsonschema.Draft202012Validator.check_schema(team.input_schema)
@@ -135,6 +145,10 @@ def team_problems(team: TeamSpec) -> list[str]:
             allowed_steps=frozenset(step.name for step in team.steps),
             input_keys=keys,
         )
+    if team.schedule is not None and not found:
+        problem = input_problem(team, team.schedule.input)
+        if problem is not None:
+            found.append(problem.replace("spec.input:", "schedule.input:", 1))
     return found
 
 
@@ -177,6 +191,7 @@ class StepState:
     data: Any = None
     usage: Mapping[str, int] = field(default_factory=dict)
     message: str = ""
+    reused_from: str = ""  # the run whose result this step reuses (`spec.resumeFrom`)
 
     def as_status(self) -> dict[str, Any]:
         status: dict[str, Any] = {"phase": self.phase, "attempts": self.attempts}
@@ -190,6 +205,8 @@ class StepState:
             status["usage"] = dict(self.usage)
         if self.message:
             status["message"] = self.message
+        if self.reused_from:
+            status["reusedFrom"] = self.reused_from
         return status
 
     @classmethod
@@ -202,6 +219,7 @@ class StepState:
             data=status.get("data"),
             usage=dict(status.get("usage") or {}),
             message=status.get("message", ""),
+            reused_from=status.get("reusedFrom", ""),
         )
 
 
@@ -316,6 +334,40 @@ def _dispatch(
         task_id=task_id(run_uid, name, attempt),
         prompt=prompt,
     )
+
+
+def reusable_steps(
+    team: TeamSpec, earlier: TeamSpec, earlier_states: Mapping[str, StepState], earlier_run: str
+) -> dict[str, StepState]:
+    """The steps a run resumed from `earlier_run` (`spec.resumeFrom`) takes over instead of
+    running them: those that succeeded there, are defined the same way in both snapshots of the
+    team (same prompt, role, agent, dependencies, schema) and whose dependencies are all taken
+    over too, so that their prompts would render the same. They cost this run nothing: their
+    usage stays with the earlier run."""
+    reused: dict[str, StepState] = {}
+    ancestry = dag.ancestors(team.nodes)
+    # Fewer ancestors first is a topological order: a step has more than any of its dependencies.
+    for name in sorted(ancestry, key=lambda step: len(ancestry[step])):
+        spec = team.step(name)
+        state = earlier_states.get(name)
+        try:
+            same = earlier.step(name) == spec and earlier.agent_of(name) == team.agent_of(name)
+        except KeyError:
+            same = False
+        if (
+            same
+            and state is not None
+            and state.phase == "Succeeded"
+            and state.task_id
+            and all(dependency in reused for dependency in spec.depends_on)
+        ):
+            reused[name] = replace(
+                state,
+                usage={},
+                message=f"reused from run {earlier_run}",
+                reused_from=state.reused_from or earlier_run,
+            )
+    return reused
 
 
 def progress_text(team: TeamSpec, states: Mapping[str, StepState]) -> str:
