@@ -159,3 +159,90 @@ redis-url
 {{- define "kubeagents.redis.cluster" -}}
 {{- and (eq .Values.redis.mode "external") (eq .Values.redis.external.topology "cluster") }}
 {{- end }}
+
+{{/*
+The team-run operator: its objects' name (Deployment, ServiceAccount, Roles, the Lease), labels
+and image.
+*/}}
+{{- define "kubeagents.operator.fullname" -}}
+{{- printf "%s-operator" (include "kubeagents.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Name of the cluster-wide objects (ClusterRole, ClusterRoleBinding): with the release's namespace,
+so that releases of the same name in two namespaces do not collide.
+*/}}
+{{- define "kubeagents.operator.clusterName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "kubeagents.operator.fullname" .) }}
+{{- end }}
+
+{{- define "kubeagents.operator.leaderElectionName" -}}
+{{- printf "%s-leader-election" (include "kubeagents.operator.fullname" .) }}
+{{- end }}
+
+{{- define "kubeagents.operator.labels" -}}
+{{ include "kubeagents.labels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "kubeagents.operator.selectorLabels" -}}
+{{ include "kubeagents.selectorLabels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "kubeagents.operator.serviceAccountName" -}}
+{{- $sa := .Values.operator.serviceAccount }}
+{{- if $sa.create }}
+{{- default (include "kubeagents.operator.fullname" .) $sa.name }}
+{{- else }}
+{{- default "default" $sa.name }}
+{{- end }}
+{{- end }}
+
+{{- define "kubeagents.operator.image" -}}
+{{- $image := .Values.operator.image }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (default .Chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The port of the operator's /livez, /readyz and /metrics (docs/architecture.md).
+*/}}
+{{- define "kubeagents.operator.port" -}}9092{{- end }}
+
+{{/*
+What the operator may do in the namespaces it drives: the rules of its ClusterRole, or of the Role
+in each of `operator.watchNamespaces`. docs: charts/kubeagents/README.md, "The operator".
+*/}}
+{{- define "kubeagents.operator.rules" -}}
+# kopf lists and watches the teams and runs, keeps its progress in annotations and its
+# finalizers (patch); the operator reads a run by name (get)
+- apiGroups: [kubeagents.io]
+  resources: [agentteams, agentruns]
+  verbs: [get, list, watch, patch]
+# schedules create runs and prune the run history
+- apiGroups: [kubeagents.io]
+  resources: [agentruns]
+  verbs: [create, delete]
+# the status of teams (Valid, steps) and runs (phase, steps, usage, conditions)
+- apiGroups: [kubeagents.io]
+  resources: [agentteams/status, agentruns/status]
+  verbs: [get, patch, update]
+# Events of step transitions and of kopf's handlers
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+# read-only: which agents of a team have no Ready pod (it never creates or scales them)
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch]
+{{- end }}
+
+{{- define "kubeagents.operator.subjects" -}}
+- kind: ServiceAccount
+  name: {{ include "kubeagents.operator.serviceAccountName" . }}
+  namespace: {{ .Release.Namespace }}
+{{- end }}
