@@ -17,6 +17,8 @@ SPOT_CHECKS: dict[str, dict[str, str | None]] = {  # rows each README must have;
     "kubeagents": {
         "redis.mode": '`"statefulset"`',
         "redis.statefulset.persistence.size": '`"8Gi"`',
+        "operator.enabled": "`true`",
+        "crds.keep": "`true`",
     },
 }
 

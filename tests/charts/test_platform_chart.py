@@ -85,6 +85,15 @@ def kinds(objects: list[Obj]) -> set[tuple[str, str]]:
     return {(o["kind"], o["metadata"]["name"]) for o in objects}
 
 
+def without_operator(objects: list[Obj]) -> list[Obj]:
+    """The objects but the operator's and the CRDs (tests/charts/test_platform_operator.py)."""
+    return [
+        o for o in objects
+        if o["kind"] != "CustomResourceDefinition"
+        and o["metadata"]["labels"].get("app.kubernetes.io/component") != "operator"
+    ]  # fmt: skip
+
+
 def secret_value(secret: Obj, key: str) -> str:
     return base64.b64decode(secret["data"][key]).decode()
 
@@ -343,7 +352,7 @@ def test_an_existing_secret_replaces_both_generated_secrets(helm: Path) -> None:
 
 def test_external_redis_renders_no_redis_only_the_connection(helm: Path, tmp_path: Path) -> None:
     objects = render(helm, None, CHART / "ci" / "external-redis-values.yaml")
-    assert kinds(objects) == {
+    assert kinds(without_operator(objects)) == {
         ("Secret", f"{FULLNAME}-redis-url"),
         ("ConfigMap", f"{FULLNAME}-redis-connection"),
         ("ConfigMap", f"{FULLNAME}-dashboard"),
@@ -353,7 +362,7 @@ def test_external_redis_renders_no_redis_only_the_connection(helm: Path, tmp_pat
     assert url_secret["metadata"]["annotations"]["kubeagents.io/redis-topology"] == "single"
 
     cluster = render(helm, None, CHART / "ci" / "external-cluster-secret-values.yaml")
-    assert kinds(cluster) == {
+    assert kinds(without_operator(cluster)) == {
         ("ConfigMap", f"{FULLNAME}-redis-connection"),
         ("ConfigMap", f"{FULLNAME}-dashboard"),
     }
@@ -444,7 +453,8 @@ def test_the_dashboard_configmap_holds_a_dashboard_of_every_agent_metric(helm: P
         "kubeagents_runtime_tasks_total",
     ):
         assert metric in text, f"no panel shows {metric}"
-    for expr in exprs:  # every query is per agent, filtered by the variables
+    agent_exprs = [e for e in exprs if "kubeagents_operator_" not in e]  # not the operator's row
+    for expr in agent_exprs:  # every query is per agent, filtered by the variables
         assert 'namespace=~"$namespace"' in expr
         assert 'app_kubernetes_io_instance=~"$agent"' in expr
     budget = "\n".join(e for e in exprs if "kubeagents_proxy_budget" in e)
@@ -461,7 +471,7 @@ def test_the_dashboard_label_and_agent_label_are_values(helm: Path) -> None:
     assert "app_kubernetes_io_instance" not in dashboard
     panels = json.loads(dashboard)["panels"]
     exprs = [target["expr"] for panel in panels for target in panel.get("targets", [])]
-    assert all('agent=~"$agent"' in expr for expr in exprs)
+    assert all('agent=~"$agent"' in expr for expr in exprs if "kubeagents_operator_" not in expr)
 
     off = render(helm, None, CHART / "ci" / "dashboard-off-values.yaml")
     assert not [o for o in off if o["metadata"]["name"].endswith("-dashboard")]
@@ -662,14 +672,17 @@ def test_every_ci_case_is_accepted_by_the_api_server(
         helm, "template", RELEASE, str(CHART), "-n", namespace, "-f", str(values_file)
     )
     assert manifest.returncode == 0, manifest.stderr
+    docs = [doc for doc in yaml.safe_load_all(manifest.stdout) if doc]
+    for other in {d["metadata"].get("namespace") for d in docs} - {None, namespace}:
+        cluster.kubectl("create", "namespace", other, check=False)  # operator.watchNamespaces
     applied = subprocess.run(
-        [str(tool("kubectl")), "apply", "--dry-run=server", "-n", namespace, "-f", "-"],
+        [str(tool("kubectl")), "apply", "--dry-run=server", "-f", "-"],
         input=manifest.stdout, capture_output=True, text=True, env=cluster.env(), timeout=60,
         check=False,
     )  # fmt: skip
     assert applied.returncode == 0, applied.stderr
     lines = applied.stdout.strip().splitlines()
-    expected = len([doc for doc in yaml.safe_load_all(manifest.stdout) if doc])
+    expected = len(docs)
     assert len(lines) == expected
     assert all(line.endswith("(server dry run)") for line in lines), applied.stdout
 
@@ -740,6 +753,7 @@ def test_install_wait_upgrade_and_uninstall_leave_nothing_behind(
     env = cluster.env()
     installed = run_helm(
         helm, "install", RELEASE, str(CHART), "-n", namespace, "--wait", "--timeout", "180s",
+        "--take-ownership",  # of the CRDs an earlier test's release kept (crds.keep)
         *settings, env=env,
     )  # fmt: skip
     assert installed.returncode == 0, installed.stderr
@@ -779,6 +793,12 @@ def test_install_wait_upgrade_and_uninstall_leave_nothing_behind(
     assert removed.returncode == 0, removed.stderr
     # The PVC goes with the StatefulSet (whenDeleted: Delete), by the garbage collector.
     wait_until_left(cluster, namespace, [])
+    # The CRDs stay (crds.keep): deleting them would delete every team and run of the cluster.
+    for crd in ("agentteams.kubeagents.io", "agentruns.kubeagents.io"):
+        kept = get_json(cluster, "crd", crd)["metadata"]["annotations"]
+        assert kept["helm.sh/resource-policy"] == "keep"
+    cluster_role = f"{namespace}-{FULLNAME}-operator"
+    assert cluster.kubectl("get", "clusterrole", cluster_role, check=False).returncode != 0
 
 
 def test_by_default_the_data_volume_outlives_uninstall_until_deleted_as_notes_say(
@@ -789,6 +809,7 @@ def test_by_default_the_data_volume_outlives_uninstall_until_deleted_as_notes_sa
     env = cluster.env()
     installed = run_helm(
         helm, "install", RELEASE, str(CHART), "-n", namespace, "--wait", "--timeout", "180s",
+        "--take-ownership",  # of the CRDs an earlier test's release kept (crds.keep)
         "--set", f"redis.statefulset.persistence.storageClassName={storage_class}",
         "--set", "redis.statefulset.persistence.size=1Gi", env=env,
     )  # fmt: skip
