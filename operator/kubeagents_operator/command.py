@@ -90,9 +90,14 @@ async def serve(settings: OperatorSettings) -> int:
         f"kubeagents operator watching {', '.join(settings.watch_namespaces) or 'every namespace'} "
         f"(metrics on port {runner.addresses[0][1]})"
     )
+    kopf_settings = kopf.OperatorSettings()
+    # Watching listed namespaces needs no cluster-wide rights: without this, kopf would list
+    # namespaces and CRDs (refused to a namespaced Role) before serving anything.
+    kopf_settings.scanning.disabled = bool(settings.watch_namespaces)
     operator = asyncio.create_task(
         kopf.operator(
             registry=registry,
+            settings=kopf_settings,
             clusterwide=not settings.watch_namespaces,
             namespaces=settings.watch_namespaces,
             ready_flag=ready,

@@ -466,7 +466,8 @@ def _steps_status(
     steps: dict[str, Any] = {}
     for step in team.steps:
         state = states.get(step.name, StepState())
-        entry = state.as_status()
+        # A merge patch keeps what it does not name: a cleared message is removed with null.
+        entry: dict[str, Any] = {"message": None, "outputTruncated": None, **state.as_status()}
         entry["agent"] = team.roles[step.role]
         if len(state.output) > limit:
             entry["output"] = state.output[:limit]

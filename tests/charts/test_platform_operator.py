@@ -634,14 +634,6 @@ def test_the_real_operator_does_its_job_with_the_charts_service_account(
     assert_it_judges_a_team_and_a_run(cluster, installed, operator, tmp_path, within=60)
 
 
-@pytest.mark.xfail(
-    reason="kopf lists and watches namespaces and CRDs (cluster-scoped, not grantable by a Role) "
-    "unless its settings.scanning.disabled is set: with Roles only it retries each 403 for about "
-    "a minute before serving the watched namespaces; the operator should disable scanning when "
-    "KUBEAGENTS_OPERATOR_WATCH_NAMESPACES is set",
-    raises=(AssertionError, HarnessError),
-    strict=True,
-)
 def test_the_real_operator_watching_its_namespaces_needs_no_cluster_wide_rights(
     cluster: ControlPlane,
     namespace: str,

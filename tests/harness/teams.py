@@ -3,7 +3,16 @@ then summarize; over the two agents of `harness.agents`."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from harness.controlplane import ControlPlane
+from harness.processes import ManagedProcess
+
+# start_operator(ready_log=..., **settings): an operator process (tests/kubeagents_operator)
+StartOperator = Callable[..., ManagedProcess]
 
 SECTIONS = '```json\n{"sections": ["intro", "risks"]}\n```'
 DIAMOND: dict[str, Any] = {
@@ -29,3 +38,57 @@ DIAMOND: dict[str, Any] = {
     },
 }  # fmt: skip
 INPUT = {"topic": "AI in healthcare"}
+# One step on the research agent: what the schedule, leader and queue tests need.
+ONE_STEP: dict[str, Any] = {
+    "apiVersion": "kubeagents.io/v1alpha1",
+    "kind": "AgentTeam",
+    "metadata": {"name": "one-step"},
+    "spec": {
+        "roles": {"researcher": {"agent": "research"}},
+        "steps": [{"name": "research", "role": "researcher",
+                   "prompt": "Research {{ .input.topic }}"}],
+        "output": "{{ .steps.research.output }}",
+    },
+}  # fmt: skip
+
+
+def run_of(team: dict[str, Any], name: str, **spec: Any) -> dict[str, Any]:
+    """An AgentRun of `team` named `name`, with `spec` (input, resumeFrom, ...)."""
+    return {
+        "apiVersion": "kubeagents.io/v1alpha1",
+        "kind": "AgentRun",
+        "metadata": {"name": name},
+        "spec": {"team": team["metadata"]["name"], **spec},
+    }
+
+
+RUN: dict[str, Any] = {
+    "apiVersion": "kubeagents.io/v1alpha1",
+    "kind": "AgentRun",
+    "metadata": {"name": "report-1"},
+    "spec": {"team": "research-then-summarize", "input": INPUT},
+}
+
+
+def apply(cluster: ControlPlane, namespace: str, manifest: dict[str, Any], tmp: Path) -> None:
+    """`kubectl create` the manifest."""
+    file = tmp / f"{manifest['kind']}-{manifest['metadata']['name']}.json"
+    file.write_text(json.dumps(manifest))
+    cluster.kubectl("create", "-n", namespace, "-f", str(file))
+
+
+def get(cluster: ControlPlane, namespace: str, kind: str, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(
+        cluster.kubectl("get", "-n", namespace, kind, name, "-o", "json").stdout
+    )
+    return found
+
+
+def run_status(cluster: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
+    status: dict[str, Any] = get(cluster, namespace, "agentrun", name).get("status", {})
+    return status
+
+
+def step_phases(cluster: ControlPlane, namespace: str, name: str) -> dict[str, str]:
+    steps = run_status(cluster, namespace, name).get("steps", {})
+    return {step: entry.get("phase", "") for step, entry in steps.items()}

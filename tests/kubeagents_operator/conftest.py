@@ -1,15 +1,22 @@
-"""Fixtures of the operator tests: the two example agents as real processes."""
+"""Fixtures of the operator tests: the two example agents and the operator as real
+processes, next to a real control plane."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from harness.agents import AGENTS, Agents, StartAgents
-from harness.processes import HarnessError
-from harness.proxy import StartProxy
+from harness.controlplane import ControlPlane
+from harness.processes import HarnessError, ManagedProcess, settings_env
+from harness.proxy import KUBEAGENTS, StartProxy
 from harness.runtime import RuntimeProcess, start_runtime
+from harness.teams import StartOperator
+
+CRDS = Path(__file__).parents[2] / "operator" / "crds"
 
 
 @pytest.fixture
@@ -47,3 +54,44 @@ def start_agents(
     yield start
     for runtime in runtimes:
         runtime.stop()
+
+
+@pytest.fixture
+def start_operator(
+    cluster: ControlPlane, namespace: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StartOperator]:
+    """`start(ready_log=..., **settings)`: a `kubeagents operator` process watching the test's
+    namespace (the CRDs installed first), started once `ready_log` is in its log; every one
+    started is stopped after the test."""
+    for file in sorted(CRDS.glob("*.yaml")):
+        cluster.kubectl("apply", "--server-side", "-f", str(file))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s",
+        "crd/agentteams.kubeagents.io", "crd/agentruns.kubeagents.io",
+    )  # fmt: skip
+    started: list[ManagedProcess] = []
+
+    def start(ready_log: str = r"kubeagents operator watching", **settings: Any) -> ManagedProcess:
+        env = settings_env(
+            "KUBEAGENTS_OPERATOR_",
+            {"redis_url": redis_url, "watch_namespaces": [namespace], "metrics_port": 0,
+             "metrics_host": "127.0.0.1", "wait_seconds": 2, **settings},
+        )  # fmt: skip
+        env["KUBECONFIG"] = str(cluster.kubeconfig)
+        log = tmp_path_factory.mktemp("operator") / "operator.log"
+        process = ManagedProcess("operator", [str(KUBEAGENTS), "operator"], log, env=env)
+        started.append(process)
+        try:
+            process.wait_for_log(ready_log, timeout=30)
+        except HarnessError as error:
+            pytest.fail(f"the operator did not start: {error}", pytrace=False)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def operator(start_operator: StartOperator) -> ManagedProcess:
+    return start_operator()

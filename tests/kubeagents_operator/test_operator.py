@@ -5,86 +5,19 @@ condition and Events show it; a run of an invalid team fails at once naming the 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
-import pytest
 import redis
 
 from harness.agents import StartAgents
 from harness.controlplane import ControlPlane
-from harness.processes import HarnessError, ManagedProcess, settings_env, wait_for
-from harness.proxy import KUBEAGENTS
+from harness.processes import ManagedProcess, wait_for
 from harness.runtime import model_calls
-from harness.teams import DIAMOND, SECTIONS
+from harness.teams import DIAMOND, RUN, SECTIONS, StartOperator, apply, get, run_status, step_phases
 from kubeagents.fake_anthropic import FakeAnthropicControl, Reply
 
-CRDS = Path(__file__).parents[2] / "operator" / "crds"
 TEAM = DIAMOND
-RUN: dict[str, Any] = {
-    "apiVersion": "kubeagents.io/v1alpha1",
-    "kind": "AgentRun",
-    "metadata": {"name": "report-1"},
-    "spec": {"team": "research-then-summarize", "input": {"topic": "AI in healthcare"}},
-}
-
-
-StartOperator = Callable[[], ManagedProcess]
-
-
-@pytest.fixture
-def start_operator(
-    cluster: ControlPlane, namespace: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[StartOperator]:
-    """`start()`: a `kubeagents operator` process watching the test's namespace (the CRDs
-    installed first); every one started is stopped after the test."""
-    for file in sorted(CRDS.glob("*.yaml")):
-        cluster.kubectl("apply", "--server-side", "-f", str(file))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/agentteams.kubeagents.io", "crd/agentruns.kubeagents.io",
-    )  # fmt: skip
-    env = settings_env(
-        "KUBEAGENTS_OPERATOR_",
-        {"redis_url": redis_url, "watch_namespaces": [namespace], "metrics_port": 0,
-         "metrics_host": "127.0.0.1", "wait_seconds": 2},
-    )  # fmt: skip
-    env["KUBECONFIG"] = str(cluster.kubeconfig)
-    started: list[ManagedProcess] = []
-
-    def start() -> ManagedProcess:
-        log = tmp_path_factory.mktemp("operator") / "operator.log"
-        process = ManagedProcess("operator", [str(KUBEAGENTS), "operator"], log, env=env)
-        started.append(process)
-        try:
-            process.wait_for_log(r"kubeagents operator watching", timeout=30)
-        except HarnessError as error:
-            pytest.fail(f"the operator did not start: {error}", pytrace=False)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
-
-
-@pytest.fixture
-def operator(start_operator: StartOperator) -> ManagedProcess:
-    return start_operator()
-
-
-def apply(cluster: ControlPlane, namespace: str, manifest: dict[str, Any], tmp: Path) -> None:
-    file = tmp / f"{manifest['kind']}-{manifest['metadata']['name']}.json"
-    file.write_text(json.dumps(manifest))
-    cluster.kubectl("create", "-n", namespace, "-f", str(file))
-
-
-def get(cluster: ControlPlane, namespace: str, kind: str, name: str) -> dict[str, Any]:
-    found: dict[str, Any] = json.loads(
-        cluster.kubectl("get", "-n", namespace, kind, name, "-o", "json").stdout
-    )
-    return found
 
 
 def test_the_diamond_team_runs_to_succeeded_from_kubectl(
@@ -171,16 +104,6 @@ def test_a_run_whose_input_does_not_match_the_schema_fails_naming_the_key(
     assert status["message"] == "spec.input: at (root): 'topic' is a required property"
 
 
-def run_status(cluster: ControlPlane, namespace: str) -> dict[str, Any]:
-    status: dict[str, Any] = get(cluster, namespace, "agentrun", "report-1").get("status", {})
-    return status
-
-
-def step_phases(cluster: ControlPlane, namespace: str) -> dict[str, str]:
-    steps = run_status(cluster, namespace).get("steps", {})
-    return {name: step.get("phase", "") for name, step in steps.items()}
-
-
 def test_a_killed_operator_resumes_the_run_and_no_step_runs_twice(
     cluster: ControlPlane,
     namespace: str,
@@ -199,7 +122,7 @@ def test_a_killed_operator_resumes_the_run_and_no_step_runs_twice(
     apply(cluster, namespace, TEAM, tmp_path)
     apply(cluster, namespace, RUN, tmp_path)
     wait_for(
-        lambda: step_phases(cluster, namespace).get("outline") == "Running",
+        lambda: step_phases(cluster, namespace, "report-1").get("outline") == "Running",
         timeout=60,
         what="the middle steps to run",
     )
@@ -211,7 +134,7 @@ def test_a_killed_operator_resumes_the_run_and_no_step_runs_twice(
     prompts = [str(call.body["messages"][0]["content"]) for call in model_calls(fake_anthropic)]
     assert len(prompts) == 4, prompts  # each step's prompt exactly once
     assert len(set(prompts)) == 4, prompts
-    assert run_status(cluster, namespace)["output"] == "the report"
+    assert run_status(cluster, namespace, "report-1")["output"] == "the report"
 
 
 def test_cancel_through_the_spec_stops_the_run(
@@ -231,7 +154,7 @@ def test_cancel_through_the_spec_stops_the_run(
     apply(cluster, namespace, TEAM, tmp_path)
     apply(cluster, namespace, RUN, tmp_path)
     wait_for(
-        lambda: step_phases(cluster, namespace).get("research") == "Running",
+        lambda: step_phases(cluster, namespace, "report-1").get("research") == "Running",
         timeout=60,
         what="the first step to run",
     )
@@ -240,11 +163,11 @@ def test_cancel_through_the_spec_stops_the_run(
         "-p", '{"spec": {"cancel": true}}',
     )  # fmt: skip
     wait_for(
-        lambda: run_status(cluster, namespace).get("phase") == "Cancelled",
+        lambda: run_status(cluster, namespace, "report-1").get("phase") == "Cancelled",
         timeout=60,
         what="the run to be cancelled",
     )
-    phases = step_phases(cluster, namespace)
+    phases = step_phases(cluster, namespace, "report-1")
     assert phases["summarize"] == "Skipped"
     # The call in flight when the run was cancelled finishes; none follows it.
     wait_for(
@@ -275,7 +198,7 @@ def test_an_output_that_never_matches_its_schema_fails_the_step_and_the_run(
     cluster.kubectl(
         "wait", "-n", namespace, "--for=condition=Failed", "--timeout=90s", "agentrun/report-1"
     )
-    status = run_status(cluster, namespace)
+    status = run_status(cluster, namespace, "report-1")
     outline = status["steps"]["outline"]
     assert (outline["phase"], outline["attempts"]) == ("Failed", 2)
     assert outline["message"] == "OutputInvalid: the output holds no JSON value (fenced or not)"
@@ -309,7 +232,7 @@ def test_the_run_budget_holds_across_both_agents_and_fails_the_run(
     cluster.kubectl(
         "wait", "-n", namespace, "--for=condition=Failed", "--timeout=90s", "agentrun/report-1"
     )
-    status = run_status(cluster, namespace)
+    status = run_status(cluster, namespace, "report-1")
     assert "BudgetExceeded" in status["message"], status
     assert fake_anthropic.bill().total_tokens <= 600  # the upstream's own bill
 
@@ -330,7 +253,7 @@ def test_deleting_a_running_run_stops_its_tasks(
     apply(cluster, namespace, TEAM, tmp_path)
     apply(cluster, namespace, RUN, tmp_path)
     wait_for(
-        lambda: step_phases(cluster, namespace).get("research") == "Running",
+        lambda: step_phases(cluster, namespace, "report-1").get("research") == "Running",
         timeout=60,
         what="the first step to run",
     )
@@ -364,7 +287,7 @@ def test_a_run_past_its_timeout_fails_and_its_tasks_stop(
     cluster.kubectl(
         "wait", "-n", namespace, "--for=condition=Failed", "--timeout=60s", "agentrun/report-1"
     )
-    status = run_status(cluster, namespace)
+    status = run_status(cluster, namespace, "report-1")
     assert status["conditions"][0]["reason"] == "Timeout"
     assert status["message"] == "the run took longer than its timeoutSeconds (2)"
     assert status["steps"]["summarize"]["phase"] == "Skipped"

@@ -14,6 +14,7 @@ from kubeagents_operator.runs import (
     input_problem,
     progress_text,
     record_result,
+    reusable_steps,
     task_id,
     team_problems,
     total_usage,
@@ -146,3 +147,28 @@ def test_a_failed_task_fails_its_step_and_the_run(result: dict[str, Any], messag
     progress = advance(TEAM, UID, INPUT, states)
     assert progress.phase == "Failed"
     assert message in progress.message
+
+
+def test_a_resumed_run_takes_over_the_succeeded_steps_whose_definition_did_not_change() -> None:
+    earlier = {
+        "research": StepState("Succeeded", 1, "t.research.1", "facts", usage={"input_tokens": 9}),
+        "critique": StepState("Succeeded", 1, "t.critique.1", "weak points"),
+        "outline": StepState("Failed", 2, "t.outline.2", message="OutputInvalid"),
+        "summarize": StepState("Skipped"),
+    }
+    reused = reusable_steps(TEAM, TEAM, earlier, "report-1")
+    assert sorted(reused) == ["critique", "research"]
+    assert reused["research"].output == "facts"
+    assert reused["research"].task_id == "t.research.1"  # its full output stays in Redis
+    assert reused["research"].usage == {}  # paid by the earlier run, not again
+    assert reused["research"].as_status()["reusedFrom"] == "report-1"
+    moves = advance(TEAM, UID, {"topic": "x"}, reused).dispatch
+    assert [move.step for move in moves] == ["outline"]  # only what is missing runs
+
+
+def test_a_changed_step_and_everything_after_it_run_again() -> None:
+    changed = dict(DIAMOND, steps=[dict(DIAMOND["steps"][0], prompt="Dig into {{ .input.topic }}"),
+                                   *DIAMOND["steps"][1:]])  # fmt: skip
+    earlier = {name: StepState("Succeeded", 1, f"t.{name}.1", name) for name in
+               ("research", "critique", "outline", "summarize")}  # fmt: skip
+    assert reusable_steps(TeamSpec.parse(changed), TEAM, earlier, "report-1") == {}
