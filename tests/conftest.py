@@ -143,18 +143,7 @@ def operator_crds(cluster: ControlPlane) -> list[str]:
     files = sorted(crd_dir.glob("*/*.yaml"))
     if not files:
         pytest.fail(f"no CRDs in {crd_dir}: run `make tools`", pytrace=False)
-    for file in files:
-        cluster.kubectl("apply", "--server-side", "-f", str(file))
-    names = [
-        line.split("/", 1)[1]
-        for file in files
-        for line in cluster.kubectl("get", "-f", str(file), "-o", "name").stdout.split()
-    ]
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        *(f"crd/{name}" for name in names),
-    )  # fmt: skip
-    return names
+    return cluster.install_crds(files)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,30 @@ class ControlPlane:
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run the real kubectl against this control plane."""
         return run_kubectl(self.kubeconfig, *args, check=check)
+
+    def api_client(self, *, timeout: float | None = 5.0) -> httpx.Client:
+        """An HTTPS client of the API server as the admin (`base_url` is the server's URL)."""
+        pki = self.workdir / "pki"
+        client = _https_client(pki / "ca.crt", pki / "admin.crt", pki / "admin.key")
+        client.base_url = httpx.URL(self.server)
+        client.timeout = httpx.Timeout(timeout)
+        return client
+
+    def install_crds(self, files: Sequence[Path]) -> list[str]:
+        """Apply the CRDs in `files` (server-side) and wait until each is Established; their
+        names."""
+        for file in files:
+            self.kubectl("apply", "--server-side", "-f", str(file))
+        names = [
+            line.split("/", 1)[1]
+            for file in files
+            for line in self.kubectl("get", "-f", str(file), "-o", "name").stdout.split()
+        ]
+        self.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            *(f"crd/{name}" for name in names),
+        )  # fmt: skip
+        return names
 
     def stop(self) -> None:
         for process in reversed(self.processes):
