@@ -98,6 +98,46 @@ def say(text: str = "") -> None:
     sys.stdout.flush()
 
 
+def run_benchmark(
+    name: str,
+    benchmark: Callable[[Path], str],
+    *,
+    keep: bool,
+    failures: tuple[type[Exception], ...] = (),
+) -> int:
+    """Run `benchmark(workdir)` with a new folder for its logs, stop every process started
+    meanwhile (newest first), and print its last line. On a failure (a harness error, or one of
+    `failures`) print it and keep the folder; else remove the folder unless `keep`."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"kubeagents-{name}-"))
+    caught: tuple[type[Exception], ...] = (
+        HarnessError, subprocess.SubprocessError, OSError, *failures
+    )  # fmt: skip
+    try:
+        line = benchmark(workdir)
+    except caught as error:
+        say(f"{name} failed: {error}")
+        say(f"logs kept in {workdir}")
+        return 1
+    finally:
+        for process in reversed(list(ManagedProcess.registry)):
+            process.stop()
+    if not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    say(line)
+    return 0
+
+
+def check_idle(name: str) -> None:
+    """Print how busy the machine was in the second before the benchmark starts; warn when
+    other processes or the hypervisor took much of it."""
+    meter = Meter()
+    time.sleep(1.0)
+    before = meter.stop()
+    say(f"{name}: {os.cpu_count()} CPUs; in the second before start: {before.describe()}")
+    if before.foreign > 10 or before.steal > 10:
+        say("  WARNING: the machine is not idle; figures will be noisy and pessimistic")
+
+
 def start_fake(workdir: Path, *, record: bool = False) -> tuple[ManagedProcess, str]:
     """The fake upstream with zero latency; it keeps no request log unless `record`."""
     argv = [str(KUBEAGENTS), "fake-anthropic", "--port", "0"]
@@ -581,12 +621,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> str:
     if len(os.sched_getaffinity(0)) < 2:
         raise HarnessError("needs 2 CPUs: the server under test gets one to itself")
 
-    meter = Meter()
-    time.sleep(1.0)
-    before = meter.stop()
-    say(f"bench-proxy: {os.cpu_count()} CPUs; in the second before start: {before.describe()}")
-    if before.foreign > 10 or before.steal > 10:
-        say("  WARNING: the machine is not idle; figures will be noisy and pessimistic")
+    check_idle("bench-proxy")
     say(
         f"  CPU layout: server under test alone on CPU {SERVER_CPU}; load generator, fake "
         f"upstream and redis-server on CPU {LOAD_CPU}"
@@ -783,20 +818,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the logs' folder on success")
     args = parser.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="kubeagents-bench-proxy-"))
-    try:
-        line = benchmark(args, workdir)
-    except (HarnessError, subprocess.SubprocessError, OSError) as error:
-        say(f"bench-proxy failed: {error}")
-        say(f"logs kept in {workdir}")
-        return 1
-    finally:
-        for process in list(ManagedProcess.registry):
-            process.stop()
-    if not args.keep:
-        shutil.rmtree(workdir, ignore_errors=True)
-    say(line)
-    return 0
+    return run_benchmark("bench-proxy", lambda workdir: benchmark(args, workdir), keep=args.keep)
 
 
 if __name__ == "__main__":

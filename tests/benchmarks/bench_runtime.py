@@ -77,7 +77,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -94,9 +93,11 @@ if str(TESTS_DIR) not in sys.path:
 
 from benchmarks.bench_proxy import (  # noqa: E402
     Meter,
+    check_idle,
     cpu_seconds,
     pin,
     rss_mib,
+    run_benchmark,
     say,
     start_fake,
 )
@@ -600,12 +601,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> str:
         if len(os.sched_getaffinity(0)) < 2:
             raise HarnessError("needs 2 CPUs (the runtime gets one to itself); or --unpinned")
         os.sched_setaffinity(0, {REST_CPU})  # every process started from here inherits it
-    meter = Meter()
-    time.sleep(1.0)
-    before = meter.stop()
-    say(f"bench-runtime: {os.cpu_count()} CPUs; in the second before start: {before.describe()}")
-    if before.foreign > 10 or before.steal > 10:
-        say("  WARNING: the machine is not idle; figures will be noisy and pessimistic")
+    check_idle("bench-runtime")
     if args.unpinned:
         say("  CPU layout: unpinned (every process wherever the scheduler puts it)")
     else:
@@ -755,20 +751,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.sdk_client:
         return sdk_client_main(args)
-    workdir = Path(tempfile.mkdtemp(prefix="kubeagents-bench-runtime-"))
-    try:
-        line = benchmark(args, workdir)
-    except (HarnessError, subprocess.SubprocessError, OSError) as error:
-        say(f"bench-runtime failed: {error}")
-        say(f"logs kept in {workdir}")
-        return 1
-    finally:
-        for process in list(ManagedProcess.registry):
-            process.stop()
-    if not args.keep and not args.py_spy:
-        shutil.rmtree(workdir, ignore_errors=True)
-    say(line)
-    return 0
+    keep = args.keep or bool(args.py_spy)  # the profiles are in the folder
+    return run_benchmark("bench-runtime", lambda workdir: benchmark(args, workdir), keep=keep)
 
 
 if __name__ == "__main__":
