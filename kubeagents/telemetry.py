@@ -14,6 +14,7 @@ import os
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
@@ -30,12 +31,17 @@ def tracing_requested() -> bool:
     return exporter in ("otlp", "console") or any(os.environ.get(v) for v in ENDPOINT_VARIABLES)
 
 
-def build_tracer(default_service_name: str, instrumentation: str) -> trace.Tracer:
-    """A tracer exporting as the `OTEL_*` variables say, or a no-op tracer."""
+def build_tracer(
+    default_service_name: str, instrumentation: str, *, id_generator: IdGenerator | None = None
+) -> trace.Tracer:
+    """A tracer exporting as the `OTEL_*` variables say, or a no-op tracer. `id_generator`
+    replaces the SDK's random trace and span ids (the operator derives a run's from its uid)."""
     if not tracing_requested():
         return trace.NoOpTracer()
     service = os.environ.get("OTEL_SERVICE_NAME") or default_service_name
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service}), id_generator=id_generator
+    )
     if os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "console":
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
     else:

@@ -19,6 +19,7 @@ from kubeagents_operator.kube import KubeClient
 from kubeagents_operator.leader import LeaseElector
 from kubeagents_operator.metrics import OperatorMetrics
 from kubeagents_operator.settings import OperatorSettings
+from kubeagents_operator.tracing import RunTracer
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -63,7 +64,10 @@ async def serve(settings: OperatorSettings) -> int:
     kube = KubeClient.discover()
     registry = kopf.OperatorRegistry()
     metrics = OperatorMetrics()
-    deps = OperatorDeps(settings=settings, kube=kube, link=link, new_link=new_link, metrics=metrics)
+    deps = OperatorDeps(
+        settings=settings, kube=kube, link=link, new_link=new_link, metrics=metrics,
+        tracer=RunTracer(),
+    )  # fmt: skip
     register(registry, deps)
     ready, standby = asyncio.Event(), asyncio.Event()
     stop = stop_on_signals()

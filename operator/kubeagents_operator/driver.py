@@ -18,6 +18,7 @@ the tasks did:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -33,6 +34,7 @@ from kubeagents_operator.runs import (
     dispatched,
     record_result,
 )
+from kubeagents_operator.tracing import traceparent
 
 CANCEL_MARK_SECONDS = 7 * 86400
 WAIT_BLOCK_MS = 1000
@@ -71,9 +73,9 @@ class RunDriver:
         run_uid: str,
         run_input: Mapping[str, Any],
         states: Mapping[str, StepState],
-        traceparent: str = "",
     ) -> tuple[dict[str, StepState], Progress]:
-        """Submit what the run needs next; the step states with those tasks running."""
+        """Submit what the run needs next; the step states with those tasks running. Each task
+        carries its step attempt's `traceparent` (`tracing`: in the run's trace)."""
         progress = advance(team, run_uid, run_input, states)
         updated = dict(states)
         budget = team.run_budget_header(run)
@@ -81,12 +83,13 @@ class RunDriver:
             await self.queue(move.agent).submit(
                 {"prompt": move.prompt},
                 task_id=move.task_id,
-                traceparent=traceparent,
+                traceparent=traceparent(run_uid, move.step, move.attempt),
                 run=run,
                 step=move.step,
                 run_budget=budget,
             )
-            updated[move.step] = dispatched(updated.get(move.step, StepState()), move)
+            at_ms = time.time_ns() // 1_000_000
+            updated[move.step] = dispatched(updated.get(move.step, StepState()), move, at_ms)
         return updated, progress
 
     async def collect(

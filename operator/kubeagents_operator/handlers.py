@@ -33,6 +33,7 @@ from kubeagents_operator.runs import (
     StepState,
     TeamSpec,
     input_problem,
+    parse_ms,
     progress_text,
     reusable_steps,
     team_problems,
@@ -41,6 +42,7 @@ from kubeagents_operator.runs import (
 from kubeagents_operator.scheduler import TeamRef
 from kubeagents_operator.schedules import parse_time
 from kubeagents_operator.settings import OperatorSettings
+from kubeagents_operator.tracing import RUN_SPAN, RunTracer, step_span_name
 
 TEAMS = "agentteams"
 RUNS = "agentruns"
@@ -55,6 +57,7 @@ class OperatorDeps:
     link: RedisLink  # commands
     new_link: Callable[[], RedisLink]  # a link of its own (for a run's blocking waits)
     metrics: OperatorMetrics
+    tracer: RunTracer
 
 
 def now() -> str:
@@ -325,7 +328,7 @@ class _Run:
     uid: str
     rid: str
     driver: RunDriver
-    started: float
+    started: float  # unix seconds: the run's status.startTime (survives operator restarts)
 
     async def write(self, states: Mapping[str, StepState], **final: Any) -> None:
         cost = await self.driver.cost_usd(self.team, self.rid)
@@ -360,13 +363,50 @@ class _Run:
         if output:
             final["output"] = output
         await last_run(self.deps, self.namespace, self.team_name, self.name, phase, started=False)
+        self.deps.tracer.write_span(
+            self.uid,
+            name=f"invoke_workflow {self.team_name}",
+            span=RUN_SPAN,
+            parent=None,
+            start_ns=round(self.started * 1e9),
+            end_ns=time.time_ns(),
+            attributes={
+                "gen_ai.operation.name": "invoke_workflow", "kubeagents.team": self.team_name,
+                "kubeagents.run": self.name, "kubeagents.run.phase": phase,
+            },
+            error=message if phase != "Succeeded" else "",
+        )  # fmt: skip
         # Counted before the final status is written, so that whoever sees the status (kubectl
         # wait) finds the metrics already there.
         metrics = self.deps.metrics
         metrics.runs.labels(self.team_name, phase).inc()
-        metrics.run_duration.labels(self.team_name).observe(time.monotonic() - self.started)
+        metrics.run_duration.labels(self.team_name).observe(time.time() - self.started)
         metrics.run_cost.labels(self.team_name).inc(await self.driver.cost_usd(self.team, self.rid))
         await self.write(states, **final)
+
+    def trace_steps(self, before: Mapping[str, StepState], after: Mapping[str, StepState]) -> None:
+        """A span for each step attempt that ended (`tracing`)."""
+        for step, state in after.items():
+            previous = before.get(step)
+            if previous is None or previous.phase != "Running" or state.phase == "Running":
+                continue
+            start = parse_ms(state.started_at) if state.started_at else None
+            end = parse_ms(state.finished_at) if state.finished_at else time.time_ns() // 10**6
+            self.deps.tracer.write_span(
+                self.uid,
+                name=f"step {step}",
+                span=step_span_name(step, state.attempts),
+                parent=RUN_SPAN,
+                start_ns=(start or end) * 10**6,
+                end_ns=end * 10**6,
+                attributes={
+                    "kubeagents.run": self.name, "kubeagents.step": step,
+                    "kubeagents.step.attempt": state.attempts,
+                    "kubeagents.task.id": state.task_id,
+                    "gen_ai.agent.name": self.team.agent_of(step),
+                },
+                error=state.message if state.phase == "Failed" else "",
+            )  # fmt: skip
 
     async def announce(self, before: Mapping[str, str], states: Mapping[str, StepState]) -> None:
         """An Event (and a metric) per step transition."""
@@ -402,9 +442,9 @@ async def drive_run(
     }
     wait_link = deps.new_link()
     driver = RunDriver(lambda _: deps.link, namespace=namespace, wait_link_for=lambda _: wait_link)
+    started = parse_ms(str(status.get("startTime") or now())) / 1000
     run = _Run(
-        deps, team, str(spec["team"]), name, namespace, uid, run_id(name, uid), driver,
-        time.monotonic(),
+        deps, team, str(spec["team"]), name, namespace, uid, run_id(name, uid), driver, started,
     )  # fmt: skip
     cursor = DoneCursor()
     woke = time.monotonic()
@@ -414,12 +454,14 @@ async def drive_run(
             if spec.get("cancel"):
                 await run.finish(states, "Cancelled", "Cancelled", "cancelled by spec.cancel")
                 return
-            if team.timeout_seconds and time.monotonic() - run.started > team.timeout_seconds:
+            if team.timeout_seconds and time.time() - run.started > team.timeout_seconds:
                 message = f"the run took longer than its timeoutSeconds ({team.timeout_seconds})"
                 await run.finish(states, "Failed", "Timeout", message)
                 return
             before = {step: state.phase for step, state in states.items()}
-            states = await driver.collect(team, states)
+            collected = await driver.collect(team, states)
+            run.trace_steps(states, collected)
+            states = collected
             if spec.get("cancel"):
                 continue  # seen while collecting: cancel before dispatching anything more
             finished = any(

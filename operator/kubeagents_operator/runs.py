@@ -15,6 +15,7 @@ here, a function of the run's snapshot of its team, its input and its status:
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -192,6 +193,8 @@ class StepState:
     usage: Mapping[str, int] = field(default_factory=dict)
     message: str = ""
     reused_from: str = ""  # the run whose result this step reuses (`spec.resumeFrom`)
+    started_at: str = ""  # RFC 3339 with milliseconds: the current attempt's dispatch
+    finished_at: str = ""  # and its task's end
 
     def as_status(self) -> dict[str, Any]:
         status: dict[str, Any] = {"phase": self.phase, "attempts": self.attempts}
@@ -207,6 +210,10 @@ class StepState:
             status["message"] = self.message
         if self.reused_from:
             status["reusedFrom"] = self.reused_from
+        if self.started_at:
+            status["startTime"] = self.started_at
+        if self.finished_at:
+            status["completionTime"] = self.finished_at
         return status
 
     @classmethod
@@ -220,6 +227,8 @@ class StepState:
             usage=dict(status.get("usage") or {}),
             message=status.get("message", ""),
             reused_from=status.get("reusedFrom", ""),
+            started_at=status.get("startTime", ""),
+            finished_at=status.get("completionTime", ""),
         )
 
 
@@ -250,6 +259,8 @@ def record_result(
     """The step's state after its task's final `result` (a decoded task result)."""
     spec = team.step(step)
     state = states.get(step, StepState())
+    if isinstance(result.get("finished_at"), int):
+        state = replace(state, finished_at=format_ms(result["finished_at"]))
     usage = _add_usage(state.usage, result.get("usage") or {})
     status = result.get("status")
     if status != "succeeded":
@@ -301,9 +312,28 @@ def advance(
     return Progress(tuple(moves), "Running")
 
 
-def dispatched(state: StepState, move: Dispatch) -> StepState:
-    """The step's state once `move`'s task is submitted."""
-    return replace(state, phase="Running", attempts=move.attempt, task_id=move.task_id)
+def dispatched(state: StepState, move: Dispatch, at_ms: int) -> StepState:
+    """The step's state once `move`'s task is submitted (at unix milliseconds `at_ms`)."""
+    return replace(
+        state,
+        phase="Running",
+        attempts=move.attempt,
+        task_id=move.task_id,
+        started_at=format_ms(at_ms),
+        finished_at="",
+    )
+
+
+def format_ms(unix_ms: int) -> str:
+    """Unix milliseconds as RFC 3339 (UTC, milliseconds)."""
+    at = datetime.datetime.fromtimestamp(unix_ms / 1000, datetime.UTC)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+
+
+def parse_ms(text: str) -> int:
+    """RFC 3339 (as `format_ms` writes it, or whole seconds) as unix milliseconds."""
+    at = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return round(at.timestamp() * 1000)
 
 
 def _results(states: Mapping[str, StepState]) -> tuple[dict[str, str], dict[str, Any]]:

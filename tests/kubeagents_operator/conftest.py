@@ -60,9 +60,9 @@ def start_agents(
 def start_operator(
     cluster: ControlPlane, namespace: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[StartOperator]:
-    """`start(ready_log=..., **settings)`: a `kubeagents operator` process watching the test's
-    namespace (the CRDs installed first), started once `ready_log` is in its log; every one
-    started is stopped after the test."""
+    """`start(ready_log=..., extra_env=..., **settings)`: a `kubeagents operator` process
+    watching the test's namespace (the CRDs installed first), started once `ready_log` is in
+    its log; every one started is stopped after the test."""
     for file in sorted(CRDS.glob("*.yaml")):
         cluster.kubectl("apply", "--server-side", "-f", str(file))
     cluster.kubectl(
@@ -71,13 +71,18 @@ def start_operator(
     )  # fmt: skip
     started: list[ManagedProcess] = []
 
-    def start(ready_log: str = r"kubeagents operator watching", **settings: Any) -> ManagedProcess:
+    def start(
+        ready_log: str = r"kubeagents operator watching",
+        extra_env: dict[str, str] | None = None,
+        **settings: Any,
+    ) -> ManagedProcess:
         env = settings_env(
             "KUBEAGENTS_OPERATOR_",
             {"redis_url": redis_url, "watch_namespaces": [namespace], "metrics_port": 0,
              "metrics_host": "127.0.0.1", "wait_seconds": 2, **settings},
         )  # fmt: skip
         env["KUBECONFIG"] = str(cluster.kubeconfig)
+        env.update(extra_env or {})
         log = tmp_path_factory.mktemp("operator") / "operator.log"
         process = ManagedProcess("operator", [str(KUBEAGENTS), "operator"], log, env=env)
         started.append(process)

@@ -315,3 +315,35 @@ def test_a_step_waits_in_the_queue_of_an_agent_whose_probe_fails_and_says_why(
     finally:
         runtime.stop()
         probe.stop()
+
+
+def test_a_run_is_one_trace_continued_by_the_runtime_and_the_proxy(
+    cluster: ControlPlane,
+    namespace: str,
+    start_operator: StartOperator,
+    start_agents: StartAgents,
+    fake_anthropic: FakeAnthropicControl,
+    tmp_path: Path,
+) -> None:
+    agents = start_agents(namespace)
+    operator = start_operator(extra_env={"OTEL_TRACES_EXPORTER": "console"})
+    fake_anthropic.set_default(Reply.with_text(SECTIONS))
+    apply(cluster, namespace, DIAMOND, tmp_path)
+    apply(cluster, namespace, RUN, tmp_path)
+    status = wait_phase(cluster, namespace, "report-1", "Succeeded")
+    uid = get(cluster, namespace, "agentrun", "report-1")["metadata"]["uid"]
+    trace_id = uid.replace("-", "")
+    for step, entry in status["steps"].items():
+        runtime = agents[entry["agent"]][1]
+        assert runtime.task(entry["taskId"])["trace_id"] == trace_id, step
+        assert entry["startTime"] <= entry["completionTime"]
+    for call in model_calls(fake_anthropic):
+        assert call.headers["traceparent"].split("-")[1] == trace_id  # through the proxy
+    spans = wait_for(
+        lambda: (log := operator.log_text()).count(f'"trace_id": "0x{trace_id}"') >= 5 and log,
+        timeout=30,
+        what="the run's spans in the operator's log",
+    )
+    assert '"name": "invoke_workflow research-then-summarize"' in spans
+    for step in ("research", "critique", "outline", "summarize"):
+        assert f'"name": "step {step}"' in spans

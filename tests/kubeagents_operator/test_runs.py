@@ -39,6 +39,7 @@ DIAMOND: dict[str, Any] = {
 }  # fmt: skip
 TEAM = TeamSpec.parse(DIAMOND)
 UID = "6f1c2a3b-0000-4000-8000-1234567890ab"
+AT_MS = 1_795_413_600_123  # 2026-11-23T06:00:00.123Z
 INPUT = {"topic": "AI in healthcare"}
 
 
@@ -90,13 +91,13 @@ def test_the_diamond_runs_in_order_with_parallel_middle_steps() -> None:
     assert [(d.step, d.agent, d.prompt) for d in first.dispatch] == [
         ("research", "research", "Research AI in healthcare")
     ]
-    states["research"] = dispatched(StepState(), first.dispatch[0])
+    states["research"] = dispatched(StepState(), first.dispatch[0], AT_MS)
     assert advance(TEAM, UID, INPUT, states).dispatch == ()
     states["research"] = record_result(TEAM, states, "research", succeeded("facts"))
     middle = advance(TEAM, UID, INPUT, states)
     assert [d.step for d in middle.dispatch] == ["critique", "outline"]
     for move in middle.dispatch:
-        states[move.step] = dispatched(StepState(), move)
+        states[move.step] = dispatched(StepState(), move, AT_MS)
     states["critique"] = record_result(TEAM, states, "critique", succeeded("too long"))
     states["outline"] = record_result(
         TEAM, states, "outline", succeeded('```json\n{"sections": ["a", "b"]}\n```')
@@ -104,7 +105,7 @@ def test_the_diamond_runs_in_order_with_parallel_middle_steps() -> None:
     assert states["outline"].data == {"sections": ["a", "b"]}
     last = advance(TEAM, UID, INPUT, states)
     assert [d.prompt for d in last.dispatch] == ['Write ["a","b"], fixing too long']
-    states["summarize"] = dispatched(StepState(), last.dispatch[0])
+    states["summarize"] = dispatched(StepState(), last.dispatch[0], AT_MS)
     states["summarize"] = record_result(TEAM, states, "summarize", succeeded("the report"))
     end = advance(TEAM, UID, INPUT, states)
     assert (end.phase, end.output, end.dispatch) == ("Succeeded", "the report", ())
@@ -123,7 +124,7 @@ def test_an_invalid_output_is_retried_with_the_error_then_fails_when_attempts_ru
     (retry,) = advance(TEAM, UID, INPUT, states).dispatch
     assert (retry.step, retry.attempt) == ("outline", 2)
     assert "Your previous answer was rejected: the output's JSON does not match" in retry.prompt
-    states["outline"] = dispatched(states["outline"], retry)
+    states["outline"] = dispatched(states["outline"], retry, AT_MS)
     states["outline"] = record_result(TEAM, states, "outline", succeeded("no json at all"))
     assert states["outline"].phase == "Failed"
     assert states["outline"].message.startswith("OutputInvalid: the output holds no JSON")
