@@ -37,6 +37,7 @@ from kubeagents_operator.runs import (
     progress_text,
     reusable_steps,
     team_problems,
+    timed_out,
     total_usage,
 )
 from kubeagents_operator.scheduler import TeamRef
@@ -459,7 +460,7 @@ async def drive_run(
                 await run.finish(states, "Failed", "Timeout", message)
                 return
             before = {step: state.phase for step, state in states.items()}
-            collected = await driver.collect(team, states)
+            collected = timed_out(team, await driver.collect(team, states), time.time_ns() // 10**6)
             run.trace_steps(states, collected)
             states = collected
             if spec.get("cancel"):

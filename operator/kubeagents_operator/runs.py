@@ -324,6 +324,30 @@ def dispatched(state: StepState, move: Dispatch, at_ms: int) -> StepState:
     )
 
 
+def timed_out(team: TeamSpec, states: Mapping[str, StepState], now_ms: int) -> dict[str, StepState]:
+    """The step states with every running step past its `timeoutSeconds` (counted from its
+    attempt's dispatch) failed, reason `Timeout`. Not retried: the task may still be running,
+    and only the run's cancel mark (set when the run fails) stops it."""
+    updated = dict(states)
+    for step in team.steps:
+        state = states.get(step.name)
+        if (
+            state is None
+            or state.phase != "Running"
+            or not step.timeout_seconds
+            or not state.started_at
+            or now_ms - parse_ms(state.started_at) <= step.timeout_seconds * 1000
+        ):
+            continue
+        updated[step.name] = replace(
+            state,
+            phase="Failed",
+            message="Timeout: the step took longer than its timeoutSeconds "
+            f"({step.timeout_seconds})",
+        )
+    return updated
+
+
 def format_ms(unix_ms: int) -> str:
     """Unix milliseconds as RFC 3339 (UTC, milliseconds)."""
     at = datetime.datetime.fromtimestamp(unix_ms / 1000, datetime.UTC)

@@ -339,11 +339,12 @@ def test_a_run_is_one_trace_continued_by_the_runtime_and_the_proxy(
         assert entry["startTime"] <= entry["completionTime"]
     for call in model_calls(fake_anthropic):
         assert call.headers["traceparent"].split("-")[1] == trace_id  # through the proxy
-    spans = wait_for(
-        lambda: (log := operator.log_text()).count(f'"trace_id": "0x{trace_id}"') >= 5 and log,
+    wait_for(
+        lambda: operator.log_text().count(f'"trace_id": "0x{trace_id}"') >= 5,
         timeout=30,
         what="the run's spans in the operator's log",
     )
+    spans = operator.log_text()
     assert '"name": "invoke_workflow research-then-summarize"' in spans
     for step in ("research", "critique", "outline", "summarize"):
         assert f'"name": "step {step}"' in spans

@@ -17,6 +17,7 @@ from kubeagents_operator.runs import (
     reusable_steps,
     task_id,
     team_problems,
+    timed_out,
     total_usage,
 )
 
@@ -173,3 +174,27 @@ def test_a_changed_step_and_everything_after_it_run_again() -> None:
     earlier = {name: StepState("Succeeded", 1, f"t.{name}.1", name) for name in
                ("research", "critique", "outline", "summarize")}  # fmt: skip
     assert reusable_steps(TeamSpec.parse(changed), TEAM, earlier, "report-1") == {}
+
+
+def test_a_step_past_its_timeout_fails_with_reason_timeout() -> None:
+    team = TeamSpec.parse(
+        {
+            "roles": {"r": {"agent": "a"}},
+            "steps": [
+                {"name": "slow", "role": "r", "prompt": "p", "timeoutSeconds": 60},
+                {"name": "free", "role": "r", "prompt": "p"},
+            ],
+        }
+    )
+    started = "2026-11-23T06:00:00.000Z"
+    states = {
+        "slow": StepState("Running", 1, "t.slow.1", started_at=started),
+        "free": StepState("Running", 1, "t.free.1", started_at=started),
+    }
+    at_limit = timed_out(team, states, AT_MS - 123 + 60_000)
+    assert at_limit == states  # exactly 60 s: not yet
+    late = timed_out(team, states, AT_MS - 123 + 60_001)
+    assert late["slow"].phase == "Failed"
+    assert late["slow"].message == "Timeout: the step took longer than its timeoutSeconds (60)"
+    assert late["free"] == states["free"]  # no timeout of its own
+    assert advance(team, UID, {}, late).phase == "Failed"
