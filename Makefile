@@ -27,7 +27,7 @@ export PATH := $(CURDIR)/$(TOOLS_BIN):$(PATH)
 CLUSTER_DIR ?= .tools/cluster
 
 .PHONY: help test lint typecheck pytest venv tools redis-server controlplane run lock clean \
-	cluster-up cluster-down bench-proxy bench-probe bench-runtime
+	cluster-up cluster-down bench-proxy bench-probe bench-runtime bench-operator
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ bench-probe: venv redis-server ## Benchmark the probe: idle RSS, cost of /readyz
 
 bench-runtime: venv redis-server ## Benchmark the runtime: tasks/s (no tools, one tool call), idle RSS (BENCH_ARGS=--concurrency N)
 	$(VENV)/bin/python tests/benchmarks/bench_runtime.py $(BENCH_ARGS)
+
+bench-operator: venv tools ## Benchmark the operator: dispatch latency, runs/s, chain overhead, RSS with runs in flight
+	$(VENV)/bin/python tests/benchmarks/bench_operator.py $(BENCH_ARGS)
 
 $(UV):
 	@echo "bootstrapping uv $(UV_VERSION) into $(BOOTSTRAP)"
