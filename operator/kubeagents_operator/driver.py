@@ -42,9 +42,17 @@ WAIT_BLOCK_MS = 1000
 
 @dataclass
 class DoneCursor:
-    """Where a run's reading of each agent's completion stream stands (stream ids)."""
+    """Where a run's reading of each agent's completion stream stands (stream ids), and its
+    reads still blocking (by wait link)."""
 
     positions: dict[str, str] = field(default_factory=dict)
+    pending: dict[int, asyncio.Future[set[str]]] = field(default_factory=dict)
+
+    async def close(self) -> None:
+        for read in self.pending.values():
+            read.cancel()
+        await asyncio.gather(*self.pending.values(), return_exceptions=True)
+        self.pending.clear()
 
 
 class RunDriver:
@@ -118,30 +126,63 @@ class RunDriver:
             f"is not Ready: {problem}" if problem else "has no runtime that took it yet"
         )
 
+    async def start_cursor(self, team: TeamSpec) -> DoneCursor:
+        """A cursor at the end of every agent's completion stream: what finished before is
+        found by `collect` (it reads the results themselves), so `wait` never reads the past."""
+        cursor = DoneCursor()
+        for agent in sorted(set(team.roles.values())):
+            stream = QueueKeys.of(self.namespace, agent).done
+            last = await self.link_for(agent).execute("XREVRANGE", stream, "+", "-", "COUNT", 1)
+            cursor.positions[agent] = as_text(last[0][0]) if last else "0-0"
+        return cursor
+
     async def wait(self, team: TeamSpec, run: str, cursor: DoneCursor, within: float) -> bool:
         """Block until an agent of the team announces a finished task of `run` (True), or
-        `within` seconds pass (False). `cursor` remembers what was read."""
-        agents = sorted(set(team.roles.values()))
-        for agent in agents:
+        `within` seconds pass (False). `cursor` remembers what was read, and the reads still
+        blocking (they carry over to the next wait; `DoneCursor.close` ends them).
+
+        Agents whose waits share a link are read with one `XREAD` naming all their streams (a
+        connection runs one blocking command at a time, so one read per agent would wait out
+        each other's blocks); on Redis Cluster each agent has a link of its own, all read at
+        once, and the first answer wins."""
+        groups: dict[int, tuple[RedisLink, list[str]]] = {}
+        for agent in sorted(set(team.roles.values())):
             cursor.positions.setdefault(agent, "0-0")
+            link = self.wait_link_for(agent)
+            groups.setdefault(id(link), (link, []))[1].append(agent)
         deadline = asyncio.get_running_loop().time() + within
         while True:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 return False
-            block = max(1, min(WAIT_BLOCK_MS, int(left * 1000)))
-            reads = [self._read_done(agent, cursor, block) for agent in agents]
-            for found in await asyncio.gather(*reads):
-                if run in found:
-                    return True
+            for key, (link, agents) in groups.items():
+                if key not in cursor.pending:
+                    read = self._read_done(link, agents, cursor, WAIT_BLOCK_MS)
+                    cursor.pending[key] = asyncio.ensure_future(read)
+            done, _ = await asyncio.wait(
+                cursor.pending.values(), timeout=left, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                return False
+            found = False
+            for key, task in list(cursor.pending.items()):
+                if task in done:
+                    del cursor.pending[key]
+                    found = run in task.result() or found
+            if found:
+                return True
 
-    async def _read_done(self, agent: str, cursor: DoneCursor, block_ms: int) -> set[str]:
-        stream = QueueKeys.of(self.namespace, agent).done
-        reply = await self.wait_link_for(agent).execute(
-            "XREAD", "COUNT", 100, "BLOCK", block_ms, "STREAMS", stream, cursor.positions[agent]
-        )
+    async def _read_done(
+        self, link: RedisLink, agents: list[str], cursor: DoneCursor, block_ms: int
+    ) -> set[str]:
+        streams = {QueueKeys.of(self.namespace, agent).done: agent for agent in agents}
+        reply = await link.execute(
+            "XREAD", "COUNT", 100, "BLOCK", block_ms, "STREAMS", *streams,
+            *(cursor.positions[agent] for agent in agents),
+        )  # fmt: skip
         runs: set[str] = set()
-        for _, entries in reply or ():
+        for stream, entries in reply or ():
+            agent = streams[as_text(stream)]
             for entry_id, flat in entries:
                 cursor.positions[agent] = as_text(entry_id)
                 runs.add(as_fields(flat).get("run", ""))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import kopf
@@ -330,8 +330,11 @@ class _Run:
     rid: str
     driver: RunDriver
     started: float  # unix seconds: the run's status.startTime (survives operator restarts)
+    written: dict[str, Any] = field(default_factory=dict)  # the last status patched
 
     async def write(self, states: Mapping[str, StepState], **final: Any) -> None:
+        """Patch the run's status; a status identical to the last one written is not sent
+        again (a run that only waits costs the API server nothing)."""
         cost = await self.driver.cost_usd(self.team, self.rid)
         status = {
             "steps": _steps_status(self.deps, self.team, states),
@@ -339,7 +342,10 @@ class _Run:
             "usage": _usage(states, cost),
             **final,
         }
+        if status == self.written:
+            return
         await self.deps.kube.patch_status(RUNS, self.namespace, self.name, status)
+        self.written = status
 
     async def finish(
         self,
@@ -441,8 +447,14 @@ async def drive_run(
         step: StepState.from_status(plain(state))
         for step, state in (status.get("steps") or {}).items()
     }
-    wait_link = deps.new_link()
-    driver = RunDriver(lambda _: deps.link, namespace=namespace, wait_link_for=lambda _: wait_link)
+    # Blocking reads hold their connection: the run's waits get links of their own, one for
+    # every agent on Redis Cluster (their streams live on different nodes), else one for all.
+    agents = sorted(set(team.roles.values()))
+    shared = None if deps.settings.redis_cluster else deps.new_link()
+    wait_links = {agent: shared or deps.new_link() for agent in agents}
+    driver = RunDriver(
+        lambda _: deps.link, namespace=namespace, wait_link_for=wait_links.__getitem__
+    )
     started = parse_ms(str(status.get("startTime") or now())) / 1000
     run = _Run(
         deps, team, str(spec["team"]), name, namespace, uid, run_id(name, uid), driver, started,
@@ -450,6 +462,7 @@ async def drive_run(
     cursor = DoneCursor()
     woke = time.monotonic()
     try:
+        cursor = await driver.start_cursor(team)
         states = await _restore_outputs(driver, team, states)
         while not stopped:
             if spec.get("cancel"):
@@ -482,7 +495,9 @@ async def drive_run(
             await driver.wait(team, run.rid, cursor, within=deps.settings.wait_seconds)
             woke = time.monotonic()
     finally:
-        await wait_link.aclose()
+        await cursor.close()
+        for link in {id(link): link for link in wait_links.values()}.values():
+            await link.aclose()
 
 
 async def _restore_outputs(
@@ -494,11 +509,7 @@ async def _restore_outputs(
         if state.phase == "Succeeded" and state.task_id:
             result = await driver.queue(team.agent_of(step)).result(state.task_id)
             if result is not None:
-                restored[step] = StepState(
-                    phase=state.phase, attempts=state.attempts, task_id=state.task_id,
-                    output=str(result.get("output") or ""), data=state.data, usage=state.usage,
-                    message=state.message,
-                )  # fmt: skip
+                restored[step] = replace(state, output=str(result.get("output") or ""))
     return restored
 
 

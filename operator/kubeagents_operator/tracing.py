@@ -48,7 +48,11 @@ class DerivedIds(IdGenerator):
 
 
 def trace_id(run_uid: str) -> int:
-    return int(run_uid.replace("-", ""), 16) or 1
+    """The run's uid as a trace id (a uid that is not 128 hex bits: a hash of it)."""
+    digits = run_uid.replace("-", "")
+    if len(digits) == 32 and all(c in "0123456789abcdefABCDEF" for c in digits):
+        return int(digits, 16) or 1
+    return int.from_bytes(hashlib.sha256(run_uid.encode()).digest()[:16], "big") or 1
 
 
 def span_id(run_uid: str, name: str) -> int:

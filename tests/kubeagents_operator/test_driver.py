@@ -50,6 +50,7 @@ async def drive(
                 )
             return states, progress
     finally:
+        await cursor.close()
         for link in (*links.values(), *waits.values()):
             await link.aclose()
 
