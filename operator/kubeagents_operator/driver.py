@@ -86,7 +86,6 @@ class RunDriver:
         carries its step attempt's `traceparent` (`tracing`: in the run's trace)."""
         progress = advance(team, run_uid, run_input, states)
         updated = dict(states)
-        budget = team.run_budget_header(run)
         for move in progress.dispatch:
             await self.queue(move.agent).submit(
                 {"prompt": move.prompt},
@@ -94,7 +93,7 @@ class RunDriver:
                 traceparent=traceparent(run_uid, move.step, move.attempt),
                 run=run,
                 step=move.step,
-                run_budget=budget,
+                run_budget=team.run_budget_header(run, move.step),
             )
             at_ms = time.time_ns() // 1_000_000
             updated[move.step] = dispatched(updated.get(move.step, StepState()), move, at_ms)
@@ -188,12 +187,13 @@ class RunDriver:
                 runs.add(as_fields(flat).get("run", ""))
         return runs
 
-    async def cost_usd(self, team: TeamSpec, run: str) -> float:
-        """What the proxies metered for the run, in US dollars: the `used_usd` of the run's
-        budget ledger (`kubeagents:{<ns>/run:<run>}:run:totals`, docs/architecture.md); the
-        operator keeps no price table of its own."""
+    async def cost_usd(self, team: TeamSpec, run: str, step: str = "") -> float:
+        """What the proxies metered for the run (or one of its steps), in US dollars: the
+        `used_usd` of the run's ledger (`kubeagents:{<ns>/run:<run>}:run:totals`, or
+        `…:step:<step>:totals`; docs/architecture.md); the operator keeps no price table."""
         any_agent = next(iter(sorted(set(team.roles.values()))))
-        key = f"kubeagents:{{{self.namespace}/run:{run}}}:run:totals"
+        scope = f"step:{step}" if step else "run"
+        key = f"kubeagents:{{{self.namespace}/run:{run}}}:{scope}:totals"
         nanos = await self.link_for(any_agent).execute("HGET", key, "used_usd")
         return int(nanos or 0) / 1e9
 

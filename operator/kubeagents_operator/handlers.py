@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import time
 from collections.abc import Callable, Mapping
@@ -331,13 +332,42 @@ class _Run:
     driver: RunDriver
     started: float  # unix seconds: the run's status.startTime (survives operator restarts)
     written: dict[str, Any] = field(default_factory=dict)  # the last status patched
+    writing: asyncio.Future[None] | None = None  # the writes `publish` started
+
+    def publish(self, before: Mapping[str, str], states: Mapping[str, StepState]) -> None:
+        """Announce the step transitions and write the status in the background, after the
+        writes published before (in order); a failed write surfaces at the next publish or
+        `flush`."""
+        previous = self.writing
+        if previous is not None and previous.done():
+            previous.result()  # raises what the last write raised
+            previous = None
+
+        async def writes() -> None:
+            if previous is not None:
+                await previous
+            await self.announce(before, states)
+            await self.write(states)
+
+        self.writing = asyncio.ensure_future(writes())
+
+    async def flush(self) -> None:
+        """Wait for the writes `publish` started."""
+        if self.writing is not None:
+            writing, self.writing = self.writing, None
+            await writing
 
     async def write(self, states: Mapping[str, StepState], **final: Any) -> None:
         """Patch the run's status; a status identical to the last one written is not sent
         again (a run that only waits costs the API server nothing)."""
         cost = await self.driver.cost_usd(self.team, self.rid)
+        step_costs = {
+            step: await self.driver.cost_usd(self.team, self.rid, step)
+            for step, state in states.items()
+            if state.attempts and not state.reused_from
+        }
         status = {
-            "steps": _steps_status(self.deps, self.team, states),
+            "steps": _steps_status(self.deps, self.team, states, step_costs),
             "progress": progress_text(self.team, states),
             "usage": _usage(states, cost),
             **final,
@@ -355,6 +385,7 @@ class _Run:
         message: str,
         output: str = "",
     ) -> None:
+        await self.flush()  # the last published writes land before the final status
         if phase != "Succeeded":
             await self.driver.cancel(self.team, self.rid)  # running tasks stop, queued never run
             states = skipped(states, self.team)
@@ -486,16 +517,22 @@ async def drive_run(
             )
             if finished and progress.dispatch:
                 deps.metrics.dispatch_latency.observe(time.monotonic() - woke)
-            await run.announce(before, states)
             if progress.phase != "Running":
+                await run.flush()  # the Events stay in order
+                await run.announce(before, states)
                 phase = progress.phase
                 await run.finish(states, phase, phase, progress.message, progress.output)
                 return
-            await run.write(states)
+            # Events and the status are written while the run already waits: a completion
+            # that arrives meanwhile is dispatched without waiting for the API server.
+            run.publish(before, states)
             await driver.wait(team, run.rid, cursor, within=deps.settings.wait_seconds)
             woke = time.monotonic()
     finally:
-        await cursor.close()
+        try:
+            await run.flush()
+        finally:
+            await cursor.close()
         for link in {id(link): link for link in wait_links.values()}.values():
             await link.aclose()
 
@@ -514,7 +551,10 @@ async def _restore_outputs(
 
 
 def _steps_status(
-    deps: OperatorDeps, team: TeamSpec, states: Mapping[str, StepState]
+    deps: OperatorDeps,
+    team: TeamSpec,
+    states: Mapping[str, StepState],
+    costs: Mapping[str, float],
 ) -> dict[str, Any]:
     limit = deps.settings.output_max_chars
     steps: dict[str, Any] = {}
@@ -523,6 +563,8 @@ def _steps_status(
         # A merge patch keeps what it does not name: a cleared message is removed with null.
         entry: dict[str, Any] = {"message": None, "outputTruncated": None, **state.as_status()}
         entry["agent"] = team.roles[step.role]
+        if step.name in costs:
+            entry["cost"] = f"${costs[step.name]:.4f}"
         if len(state.output) > limit:
             entry["output"] = state.output[:limit]
             entry["outputTruncated"] = True

@@ -99,14 +99,15 @@ class TeamSpec:
     def agent_of(self, step: str) -> str:
         return self.roles[self.step(step).role]
 
-    def run_budget_header(self, run: str) -> str:
-        """The run's `kubeagents-run-budget` value ("" without a budget)."""
-        parts = []
+    def run_budget_header(self, run: str, step: str) -> str:
+        """The `kubeagents-run-budget` value of a step's task: the run and step always (the
+        proxies meter the run's cost, and each step's, even without limits), and the limits."""
+        parts = [f"run={run}", f"step={step}"]
         if self.budget_tokens is not None:
             parts.append(f"tokens={self.budget_tokens}")
         if self.budget_usd is not None:
             parts.append(f"usd={self.budget_usd}")
-        return f"run={run}; " + "; ".join(parts) if parts else ""
+        return "; ".join(parts)
 
 
 def team_problems(team: TeamSpec) -> list[str]:

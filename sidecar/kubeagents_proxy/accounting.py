@@ -53,6 +53,8 @@ SETTLE_BACKOFF_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 RUN_LEDGER_CACHE = 64
 _RUN_ID = re.compile(r"^[A-Za-z0-9._/-]{1,150}$")
 RUN_SCOPE = "run"
+STEP_SCOPE_PREFIX = "step:"
+_STEP = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class RunBudget:
     run: str
     token_limit: int | None
     usd_nanos_limit: int | None
+    step: str = ""  # the run's step the call belongs to (its cost is metered apart too)
 
     @property
     def scope(self) -> Scope:
@@ -72,6 +75,13 @@ class RunBudget:
             fixed_limits=True,
         )
 
+    @property
+    def scopes(self) -> list[Scope]:
+        """The run's scope, and its step's (`step:<name>`, no limits: it only meters what the
+        step cost; the operator reads it for the step's status)."""
+        step = [Scope(f"{STEP_SCOPE_PREFIX}{self.step}", None, None)] if self.step else []
+        return [self.scope, *step]
+
 
 def parse_run_budget(header: str) -> RunBudget:
     """`run=<id>; tokens=<n>; usd=<x>` (tokens and usd optional) -> the run's budget."""
@@ -81,7 +91,7 @@ def parse_run_budget(header: str) -> RunBudget:
         if not sep or not value.strip():
             raise InvalidRequest(f"kubeagents-run-budget: {part.strip()!r} is not name=value")
         fields[name.strip().lower()] = value.strip()
-    unknown = set(fields) - {"run", "tokens", "usd"}
+    unknown = set(fields) - {"run", "tokens", "usd", "step"}
     if unknown:
         raise InvalidRequest(
             f"kubeagents-run-budget: unknown field(s) {', '.join(sorted(unknown))}"
@@ -112,7 +122,10 @@ def parse_run_budget(header: str) -> RunBudget:
                 f"{max_usd:,.0f}, not {raw!r}"
             )
         usd_nanos = max(1, math.floor(usd * NANOS_PER_USD))
-    return RunBudget(run=run, token_limit=tokens, usd_nanos_limit=usd_nanos)
+    step = fields.get("step", "")
+    if "step" in fields and not _STEP.fullmatch(step):
+        raise InvalidRequest("kubeagents-run-budget: step must be a DNS label (a step's name)")
+    return RunBudget(run=run, token_limit=tokens, usd_nanos_limit=usd_nanos, step=step)
 
 
 @dataclass
@@ -186,7 +199,7 @@ class Accountant:
         if run is not None:
             run_ledger = self.run_ledger(run.run)
             if run_ledger is not None:
-                scopes.append((run_ledger, run.scope))
+                scopes.extend((run_ledger, scope) for scope in run.scopes)
         return scopes
 
     async def reserve(self, *, tokens: int, usd_nanos: int | None, run: RunBudget | None) -> Charge:
@@ -196,10 +209,14 @@ class Accountant:
         return charge
 
     async def _reserve_attempt(self, charge: Charge) -> None:
+        # Scope by scope across ledgers; the scopes of one ledger (a run and its step) at once.
+        by_ledger: dict[int, tuple[BudgetLedger, list[Scope]]] = {}
         for ledger, scope in self._scopes(charge.run):
+            by_ledger.setdefault(id(ledger), (ledger, []))[1].append(scope)
+        for ledger, scopes in by_ledger.values():
             try:
                 reservation = await ledger.reserve(
-                    [scope], tokens=charge.tokens, usd_nanos=charge.usd_nanos, ttl_seconds=self.ttl
+                    scopes, tokens=charge.tokens, usd_nanos=charge.usd_nanos, ttl_seconds=self.ttl
                 )
             except Exception as error:  # noqa: BLE001 - every failure releases, then decides
                 self._release(charge)

@@ -67,6 +67,9 @@ def test_the_diamond_team_runs_to_succeeded_from_kubectl(
         "160",
     ]
     assert float(status["usage"]["cost"].lstrip("$")) > 0  # what the proxies metered
+    step_costs = [float(step["cost"].lstrip("$")) for step in status["steps"].values()]
+    assert all(cost > 0 for cost in step_costs)  # each step metered apart, by the proxies
+    assert abs(sum(step_costs) - float(status["usage"]["cost"].lstrip("$"))) < 0.0003
     port = operator.wait_for_log(r"metrics on port (\d+)", timeout=5).group(1)
     metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     assert (

@@ -348,3 +348,29 @@ def test_a_run_is_one_trace_continued_by_the_runtime_and_the_proxy(
     assert '"name": "invoke_workflow research-then-summarize"' in spans
     for step in ("research", "critique", "outline", "summarize"):
         assert f'"name": "step {step}"' in spans
+
+
+def test_a_team_with_a_cycle_is_not_valid_naming_the_cycle_and_its_runs_fail_at_once(
+    cluster: ControlPlane, namespace: str, operator: Any, tmp_path: Path
+) -> None:
+    team = json.loads(json.dumps(DIAMOND))
+    team["metadata"]["name"] = "circular"
+    team["spec"]["steps"][0]["dependsOn"] = ["summarize"]  # research waits for the end
+    apply(cluster, namespace, team, tmp_path)
+    valid = wait_for(
+        lambda: next(
+            (c for c in get(cluster, namespace, "agentteam", "circular").get("status", {})
+             .get("conditions", []) if c["type"] == "Valid"), None),
+        timeout=30,
+        what="the team's Valid condition",
+    )  # fmt: skip
+    assert (valid["status"], valid["reason"]) == ("False", "Invalid")
+    assert (
+        valid["message"] == "steps: dependency cycle research -> summarize -> critique -> research"
+    )
+    table = cluster.kubectl("get", "-n", namespace, "agentteam", "circular").stdout.splitlines()
+    assert table[1].split()[2] == "False"  # VALID (no schedule, no last run)
+    apply(cluster, namespace, run_of(team, "doomed", input=INPUT), tmp_path)
+    failed = wait_phase(cluster, namespace, "doomed", "Failed")
+    assert failed["conditions"][0]["reason"] == "InvalidTeam"
+    assert "dependency cycle" in failed["message"]

@@ -50,7 +50,10 @@ def succeeded(output: str, tokens: int = 10) -> dict[str, Any]:
 
 def test_the_diamond_is_valid_and_its_budget_becomes_the_run_header() -> None:
     assert team_problems(TEAM) == []
-    assert TEAM.run_budget_header("r1") == "run=r1; tokens=500000; usd=10"
+    assert TEAM.run_budget_header("r1", "outline") == "run=r1; step=outline; tokens=500000; usd=10"
+    assert (
+        TeamSpec.parse({**DIAMOND, "budget": {}}).run_budget_header("r1", "s") == "run=r1; step=s"
+    )
 
 
 def test_a_team_with_a_bad_reference_or_schema_is_invalid_naming_the_field() -> None:

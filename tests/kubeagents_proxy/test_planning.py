@@ -216,6 +216,7 @@ def test_text_that_only_mentions_an_opaque_type_is_bounded_by_its_bytes() -> Non
         ("run=r1; usd=0", "usd must be a number above 0"),
         ("run=a b", "run must match"),
         ("run=r1; color=red", "unknown field(s) color"),
+        ("run=r1; step=Not_A_Label", "step must be a DNS label"),
     ],
 )
 def test_a_bad_run_budget_header_is_a_clear_400(header: str, problem: str) -> None:
@@ -231,3 +232,11 @@ def test_a_run_budget_header_names_the_run_and_its_limits() -> None:
         int(Decimal("2.5") * 10**9),
     )
     assert parse_run_budget("run=r").token_limit is None
+
+
+def test_a_run_budget_header_may_name_the_step_metered_apart_without_limits() -> None:
+    budget = parse_run_budget("run=r1; step=outline")
+    assert (budget.step, budget.token_limit, budget.usd_nanos_limit) == ("outline", None, None)
+    assert [scope.name for scope in budget.scopes] == ["run", "step:outline"]
+    assert budget.scopes[1].token_limit is None
+    assert not budget.scopes[1].fixed_limits
