@@ -88,6 +88,12 @@ class LeaseElector:
                         f"the Lease {self.name} was not renewed for {self.duration:g} s"
                     ) from error
                 continue
+            if not holder:  # a conflicting write: look again next round, within the duration
+                if time.monotonic() - self._renewed >= self.duration:
+                    raise LeadershipLost(
+                        f"the Lease {self.name} was not renewed for {self.duration:g} s"
+                    )
+                continue
             if holder != self.identity:
                 raise LeadershipLost(f"the Lease {self.name} is held by {holder} now")
 

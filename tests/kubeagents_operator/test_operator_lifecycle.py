@@ -236,7 +236,7 @@ def test_of_two_replicas_only_the_lease_holder_drives_and_the_other_takes_over(
 ) -> None:
     start_agents(namespace)
     fake_anthropic.set_default(Reply.with_text("READY"))
-    lease = {"leader_election": True, "lease_namespace": namespace, "lease_duration_seconds": 3}
+    lease = {"leader_election": True, "lease_namespace": namespace, "lease_duration_seconds": 6}
     leader = start_operator(identity="replica-a", **lease)
     standby = start_operator(
         ready_log=r"waiting for the Lease \S+ held by replica-a", identity="replica-b", **lease
@@ -374,3 +374,19 @@ def test_a_team_with_a_cycle_is_not_valid_naming_the_cycle_and_its_runs_fail_at_
     failed = wait_phase(cluster, namespace, "doomed", "Failed")
     assert failed["conditions"][0]["reason"] == "InvalidTeam"
     assert "dependency cycle" in failed["message"]
+
+
+def test_a_leader_that_stops_cleanly_hands_the_lease_over_at_once(
+    cluster: ControlPlane, namespace: str, start_operator: StartOperator
+) -> None:
+    # A Lease that would take a minute to expire: only a release lets the other replica in
+    # within the wait below.
+    lease = {"leader_election": True, "lease_namespace": namespace, "lease_duration_seconds": 60}
+    leader = start_operator(identity="replica-a", **lease)
+    standby = start_operator(
+        ready_log=r"waiting for the Lease \S+ held by replica-a", identity="replica-b", **lease
+    )
+    leader.stop()  # SIGTERM
+    standby.wait_for_log(r"kubeagents operator watching", timeout=40)
+    holder = get(cluster, namespace, "lease", "kubeagents-operator")["spec"]["holderIdentity"]
+    assert holder == "replica-b"
