@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 from pathlib import Path
@@ -155,4 +156,7 @@ def _elector(settings: OperatorSettings, kube: KubeClient) -> LeaseElector:
 
 def serve_operator(settings: OperatorSettings) -> int:
     """Serve until SIGTERM."""
+    # kopf logs every handler and timer that succeeds (each scheduled team every second);
+    # what a user needs of that is in the objects' status and Events. Failures still log.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     return run(serve(settings))
