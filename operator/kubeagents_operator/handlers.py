@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -334,7 +334,9 @@ class _Run:
     written: dict[str, Any] = field(default_factory=dict)  # the last status patched
     writing: asyncio.Future[None] | None = None  # the writes `publish` started
 
-    def publish(self, before: Mapping[str, str], states: Mapping[str, StepState]) -> None:
+    def publish(
+        self, moves: Sequence[tuple[str, StepState]], states: Mapping[str, StepState]
+    ) -> None:
         """Announce the step transitions and write the status in the background, after the
         writes published before (in order); a failed write surfaces at the next publish or
         `flush`."""
@@ -346,7 +348,7 @@ class _Run:
         async def writes() -> None:
             if previous is not None:
                 await previous
-            await self.announce(before, states)
+            await self.announce(moves)
             await self.write(states)
 
         self.writing = asyncio.ensure_future(writes())
@@ -446,11 +448,9 @@ class _Run:
                 error=state.message if state.phase == "Failed" else "",
             )  # fmt: skip
 
-    async def announce(self, before: Mapping[str, str], states: Mapping[str, StepState]) -> None:
-        """An Event (and a metric) per step transition."""
-        for step, state in states.items():
-            if before.get(step) == state.phase:
-                continue
+    async def announce(self, moves: Sequence[tuple[str, StepState]]) -> None:
+        """An Event (and a metric) per step transition (`transitions`)."""
+        for step, state in moves:
             self.deps.metrics.steps.labels(state.phase).inc()
             message = f"step {step}: {state.phase}" + (
                 f": {state.message}" if state.message else ""
@@ -459,6 +459,13 @@ class _Run:
                 kind="AgentRun", namespace=self.namespace, name=self.name, uid=self.uid,
                 reason=f"Step{state.phase}", message=message, warning=state.phase == "Failed",
             )  # fmt: skip
+
+
+def transitions(
+    before: Mapping[str, str], states: Mapping[str, StepState]
+) -> list[tuple[str, StepState]]:
+    """The steps whose phase changed since `before` (step -> phase), with their new state."""
+    return [(step, state) for step, state in states.items() if before.get(step) != state.phase]
 
 
 async def drive_run(
@@ -512,20 +519,23 @@ async def drive_run(
             finished = any(
                 states[step].phase != phase for step, phase in before.items() if step in states
             )
+            collected_phases = {step: state.phase for step, state in states.items()}
             states, progress = await driver.dispatch(
                 team, run=run.rid, run_uid=uid, run_input=run_input, states=states
             )
+            # What collecting changed (a step Retrying, say), then what dispatching changed.
+            moves = transitions(before, collected) + transitions(collected_phases, states)
             if finished and progress.dispatch:
                 deps.metrics.dispatch_latency.observe(time.monotonic() - woke)
             if progress.phase != "Running":
                 await run.flush()  # the Events stay in order
-                await run.announce(before, states)
+                await run.announce(moves)
                 phase = progress.phase
                 await run.finish(states, phase, phase, progress.message, progress.output)
                 return
             # Events and the status are written while the run already waits: a completion
             # that arrives meanwhile is dispatched without waiting for the API server.
-            run.publish(before, states)
+            run.publish(moves, states)
             await driver.wait(team, run.rid, cursor, within=deps.settings.wait_seconds)
             woke = time.monotonic()
     finally:

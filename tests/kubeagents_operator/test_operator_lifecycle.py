@@ -390,3 +390,32 @@ def test_a_leader_that_stops_cleanly_hands_the_lease_over_at_once(
     standby.wait_for_log(r"kubeagents operator watching", timeout=40)
     holder = get(cluster, namespace, "lease", "kubeagents-operator")["spec"]["holderIdentity"]
     assert holder == "replica-b"
+
+
+def test_an_output_invalid_once_is_retried_with_the_error_and_then_succeeds(
+    cluster: ControlPlane,
+    namespace: str,
+    operator: Any,
+    start_agents: StartAgents,
+    fake_anthropic: FakeAnthropicControl,
+    tmp_path: Path,
+) -> None:
+    start_agents(namespace)
+    team = json.loads(json.dumps(ONE_STEP))
+    team["spec"]["steps"][0].update(
+        outputSchema={"type": "object", "required": ["sections"]}, maxAttempts=2
+    )
+    fake_anthropic.enqueue(Reply.with_text("no json here"), Reply.with_text(SECTIONS))
+    apply(cluster, namespace, team, tmp_path)
+    apply(cluster, namespace, run_of(team, "retried", input={"topic": "x"}), tmp_path)
+    status = wait_phase(cluster, namespace, "retried", "Succeeded")
+    step = status["steps"]["research"]
+    assert (step["attempts"], step["data"]) == (2, {"sections": ["intro", "risks"]})
+    first, second = prompts(fake_anthropic)
+    assert first == "Research x"
+    assert second.startswith("Research x\n\nYour previous answer was rejected: the output holds")
+    events = cluster.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=retried",
+        "-o", "jsonpath={.items[*].reason}",
+    ).stdout.split()  # fmt: skip
+    assert "StepRetrying" in events
