@@ -140,6 +140,24 @@ def test_a_killed_operator_resumes_the_run_and_no_step_runs_twice(
     assert run_status(cluster, namespace, "report-1")["output"] == "the report"
 
 
+def start_slow_diamond(
+    cluster: ControlPlane, namespace: str, fake_anthropic: FakeAnthropicControl, tmp: Path
+) -> None:
+    """The diamond's run `report-1`, once its first step is running a slow model call: in
+    flight while the test cancels the run, long enough for the operator to see the cancel (a
+    watch event, milliseconds) before this answer could free the next steps."""
+    fake_anthropic.enqueue(
+        Reply.with_text("the facts", input_tokens=30, output_tokens=10, latency_ms=10_000),
+    )
+    apply(cluster, namespace, TEAM, tmp)
+    apply(cluster, namespace, RUN, tmp)
+    wait_for(
+        lambda: step_phases(cluster, namespace, "report-1").get("research") == "Running",
+        timeout=60,
+        what="the first step to run",
+    )
+
+
 def test_cancel_through_the_spec_stops_the_run(
     cluster: ControlPlane,
     namespace: str,
@@ -149,18 +167,7 @@ def test_cancel_through_the_spec_stops_the_run(
     tmp_path: Path,
 ) -> None:
     start_agents(namespace)
-    fake_anthropic.enqueue(
-        # In flight while the run is cancelled: long enough for the operator to see the
-        # cancel (a watch event, milliseconds) before this answer could free the next steps.
-        Reply.with_text("the facts", input_tokens=30, output_tokens=10, latency_ms=10_000),
-    )
-    apply(cluster, namespace, TEAM, tmp_path)
-    apply(cluster, namespace, RUN, tmp_path)
-    wait_for(
-        lambda: step_phases(cluster, namespace, "report-1").get("research") == "Running",
-        timeout=60,
-        what="the first step to run",
-    )
+    start_slow_diamond(cluster, namespace, fake_anthropic, tmp_path)
     cluster.kubectl(
         "patch", "-n", namespace, "agentrun", "report-1", "--type", "merge",
         "-p", '{"spec": {"cancel": true}}',
@@ -250,16 +257,7 @@ def test_deleting_a_running_run_stops_its_tasks(
     tmp_path: Path,
 ) -> None:
     agents = start_agents(namespace)
-    fake_anthropic.enqueue(
-        Reply.with_text("the facts", input_tokens=30, output_tokens=10, latency_ms=10_000),
-    )
-    apply(cluster, namespace, TEAM, tmp_path)
-    apply(cluster, namespace, RUN, tmp_path)
-    wait_for(
-        lambda: step_phases(cluster, namespace, "report-1").get("research") == "Running",
-        timeout=60,
-        what="the first step to run",
-    )
+    start_slow_diamond(cluster, namespace, fake_anthropic, tmp_path)
     uid = get(cluster, namespace, "agentrun", "report-1")["metadata"]["uid"]
     cluster.kubectl("delete", "-n", namespace, "agentrun", "report-1", "--wait=false")
     with redis.Redis.from_url(redis_url) as client:
