@@ -19,17 +19,30 @@ import os
 import shutil
 import signal
 import ssl
+import string
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from harness import images
 from harness.binaries import tool, tools_dir
+from harness.node import (
+    CLUSTER_DNS,
+    SERVICE_CIDR,
+    NodeLayout,
+    install_packages,
+    issue_node_credentials,
+    remove_node,
+    start_node,
+    unmet_requirements,
+)
+from harness.node_network import create_network
 from harness.pki import CertificateAuthority, service_account_keys, write_kubeconfig
 from harness.processes import HarnessError, ManagedProcess, free_port, wait_for
 
@@ -43,7 +56,9 @@ API_SERVER_HOSTS = (
     "kubernetes.default.svc",
     "kubernetes.default.svc.cluster.local",
 )
+KUBERNETES_SERVICE_IP = "10.96.0.1"
 STATE_FILE = "cluster.json"
+ADDONS = Path(__file__).resolve().parent / "addons"
 # kwok's own defaults: the built-in node and pod stages (nodes Ready with leases, pods Running).
 KWOK_CONFIG = """\
 apiVersion: config.kwok.x-k8s.io/v1alpha1
@@ -60,6 +75,8 @@ class ControlPlane:
     kubeconfig: Path
     server: str
     processes: list[ManagedProcess] = field(default_factory=list)
+    # The real node's layout (None: kwok nodes only); removed after the processes stop.
+    node: NodeLayout | None = None
 
     def env(self) -> dict[str, str]:
         """The environment for helm, kubectl and ct against this control plane."""
@@ -101,6 +118,8 @@ class ControlPlane:
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
+        if self.node is not None:
+            remove_node(self.node)
 
 
 def run_kubectl(
@@ -156,21 +175,46 @@ def _nodes_ready(kubeconfig: Path, count: int) -> bool:
     return len(ready) >= count
 
 
-def _default_service_account_exists(kubeconfig: Path) -> bool:
-    return run_kubectl(kubeconfig, "get", "serviceaccount", "default", check=False).returncode == 0
+def wait_for_default_service_account(kubeconfig: Path) -> None:
+    """Pods can only be created once the service-account controller made `default`."""
+    wait_for(
+        lambda: (
+            run_kubectl(kubeconfig, "get", "serviceaccount", "default", check=False).returncode
+            == 0
+        ),
+        timeout=START_TIMEOUT,
+        what="the default service account",
+    )
 
 
-def start_control_plane(workdir: Path, *, nodes: int = 2) -> ControlPlane:
-    """Start etcd, the API server, controller-manager, scheduler and kwok with `nodes` nodes."""
+def start_control_plane(
+    workdir: Path,
+    *,
+    nodes: int = 2,
+    real_node: RealNodeOptions | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> ControlPlane:
+    """Start etcd, the API server, controller-manager, scheduler and kwok with `nodes` nodes,
+    plus a real node (containerd, kubelet, kube-proxy, cluster DNS, storage) when asked."""
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(workdir / "etcd", ignore_errors=True)  # every start is a new, empty cluster
     logs = workdir / "logs"
     pki = workdir / "pki"
     ca = CertificateAuthority(pki)
     sa = service_account_keys(pki)
-    serving = ca.issue("apiserver", "kube-apiserver", server_hosts=API_SERVER_HOSTS)
-    admin = ca.issue("admin", "kubeagents-admin", organization="system:masters")
     plane = ControlPlane(workdir, workdir / "admin.kubeconfig", "")
+    bind_address = "127.0.0.1"
+    if real_node is not None:
+        real_node.check_machine()
+        network = create_network(egress=real_node.egress)
+        plane.node = NodeLayout(str(workdir), network.slot)
+        bind_address = network.host_ip
+    serving = ca.issue(
+        "apiserver",
+        "kube-apiserver",
+        server_hosts=(*API_SERVER_HOSTS, KUBERNETES_SERVICE_IP, bind_address),
+    )
+    admin = ca.issue("admin", "kubeagents-admin", organization="system:masters")
     try:
         etcd_port, peer_port = free_port(), free_port()
         etcd_url = f"http://127.0.0.1:{etcd_port}"
@@ -196,24 +240,38 @@ def start_control_plane(workdir: Path, *, nodes: int = 2) -> ControlPlane:
             )
 
         api_port = free_port()
-        plane.server = f"https://127.0.0.1:{api_port}"
+        plane.server = f"https://{bind_address}:{api_port}"
+        node_flags: list[str] = ["--endpoint-reconciler-type", "none"]
+        if plane.node is not None:
+            kubelet_client = ca.issue(
+                "apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+                organization="system:masters",
+            )  # fmt: skip
+            node_flags = [
+                # Pods reach the API server through the `kubernetes` Service's endpoint.
+                "--endpoint-reconciler-type", "lease",
+                "--kubelet-preferred-address-types", "InternalIP",
+                "--kubelet-client-certificate", str(kubelet_client.cert),
+                "--kubelet-client-key", str(kubelet_client.key),
+                "--enable-admission-plugins", "NodeRestriction",
+            ]  # fmt: skip
         plane.processes.append(
             ManagedProcess(
                 "kube-apiserver",
                 [
                     str(tool("kube-apiserver")),
                     "--etcd-servers", etcd_url,
-                    "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
+                    "--bind-address", bind_address, "--advertise-address", bind_address,
                     "--secure-port", str(api_port),
                     "--tls-cert-file", str(serving.cert),
                     "--tls-private-key-file", str(serving.key),
                     "--client-ca-file", str(ca.cert_path),
-                    "--authorization-mode", "RBAC",
+                    "--authorization-mode", "Node,RBAC",
                     "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
                     "--service-account-key-file", str(sa.cert),
                     "--service-account-signing-key-file", str(sa.key),
-                    "--service-cluster-ip-range", "10.96.0.0/16",
-                    "--endpoint-reconciler-type", "none",
+                    "--service-cluster-ip-range", SERVICE_CIDR,
+                    *node_flags,
                     "--allow-privileged=true",
                     "--profiling=false",
                 ],
@@ -258,6 +316,11 @@ def start_control_plane(workdir: Path, *, nodes: int = 2) -> ControlPlane:
                 )
             )  # fmt: skip
 
+        if plane.node is not None and real_node is not None:
+            start_real_node(plane, ca, real_node, progress)
+        if nodes == 0:
+            wait_for_default_service_account(plane.kubeconfig)
+            return plane
         kwok_config = workdir / "kwok.yaml"
         kwok_config.write_text(KWOK_CONFIG)
         kwok_kubeconfig = write_kubeconfig(
@@ -294,17 +357,7 @@ def start_control_plane(workdir: Path, *, nodes: int = 2) -> ControlPlane:
             timeout=START_TIMEOUT,
             what=f"{nodes} kwok nodes to be Ready",
         )
-        # Pods can only be created once the service-account controller made `default`.
-        wait_for(
-            lambda: (
-                run_kubectl(
-                    plane.kubeconfig, "get", "serviceaccount", "default", check=False
-                ).returncode
-                == 0
-            ),
-            timeout=START_TIMEOUT,
-            what="the default service account",
-        )
+        wait_for_default_service_account(plane.kubeconfig)
     except BaseException as error:
         exited = [p.failure_message("exited") for p in plane.processes if not p.alive()]
         plane.stop()
@@ -313,6 +366,73 @@ def start_control_plane(workdir: Path, *, nodes: int = 2) -> ControlPlane:
             raise HarnessError(f"control plane did not start: {error}{detail}") from None
         raise
     return plane
+
+
+@dataclass(frozen=True)
+class RealNodeOptions:
+    """What a real node needs from outside: the image cache, and whether pods reach beyond the
+    machine (`egress`: the real Anthropic API)."""
+
+    cache: Path
+    egress: bool = False
+
+    def check_machine(self) -> None:
+        problems = unmet_requirements()
+        if problems:
+            raise HarnessError(
+                "this machine cannot run a real node:\n" + "\n".join(f"- {p}" for p in problems)
+            )
+        install_packages()
+
+
+def start_real_node(
+    plane: ControlPlane,
+    ca: CertificateAuthority,
+    options: RealNodeOptions,
+    progress: Callable[[str], None],
+) -> None:
+    """Build and import the images, start the node (its processes join `plane.processes` at
+    once, so a failure later stops them), then its cluster DNS and default StorageClass."""
+    assert plane.node is not None
+    layout = plane.node
+    built = images.ensure_images(options.cache, progress=progress)
+    credentials = issue_node_credentials(ca, layout, plane.server)
+
+    def import_into(socket: Path) -> None:
+        started = time.monotonic()
+        images.import_images(Path(shutil.which("ctr") or "ctr"), str(socket), built)
+        progress(f"images imported into the node in {time.monotonic() - started:.0f}s")
+
+    processes = start_node(
+        layout, credentials, sandbox_image=images.PAUSE_IMAGE, import_images=import_into
+    )
+    plane.processes += processes
+    kubelet = next(p for p in processes if p.name == "kubelet")
+    kubelet.wait_until(
+        lambda: _nodes_ready(plane.kubeconfig, 1),
+        timeout=START_TIMEOUT,
+        what="the real node to be Ready",
+    )
+    progress("node Ready; starting cluster DNS and the local-path StorageClass")
+    for addon in ("coredns.yaml", "local-path-storage.yaml"):
+        text = string.Template((ADDONS / addon).read_text()).substitute(
+            COREDNS_IMAGE=images.COREDNS_IMAGE,
+            CLUSTER_DNS=CLUSTER_DNS,
+            PROVISIONER_IMAGE=images.PROVISIONER_IMAGE,
+            HELPER_IMAGE=images.HELPER_IMAGE,
+            STORAGE_PATH=str(layout.storage),
+        )
+        manifest = plane.workdir / addon
+        manifest.write_text(text)
+        run_kubectl(plane.kubeconfig, "apply", "-f", str(manifest))
+    for namespace, deployment in (
+        ("kube-system", "coredns"),
+        ("local-path-storage", "local-path-provisioner"),
+    ):
+        run_kubectl(
+            plane.kubeconfig, "-n", namespace, "rollout", "status", f"deployment/{deployment}",
+            f"--timeout={START_TIMEOUT:.0f}s",
+        )  # fmt: skip
 
 
 # --- make cluster-up / cluster-down --------------------------------------------------------
@@ -338,6 +458,14 @@ def _stop_recorded(state: dict[str, Any]) -> None:
     for process in alive:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process["pid"], signal.SIGKILL)
+    if state.get("node"):
+        remove_node(NodeLayout(**state["node"]))
+
+
+def _program(process: ManagedProcess) -> str:
+    """The program a recorded PID runs (`nsenter --net=NS -- PROGRAM …` execs PROGRAM)."""
+    argv = process.argv
+    return argv[3] if argv[0] == "nsenter" else argv[0]
 
 
 def main() -> int:
@@ -345,6 +473,13 @@ def main() -> int:
     parser.add_argument("action", choices=["up", "down", "status"])
     parser.add_argument("--dir", type=Path, required=True, help="work folder (state, logs, pki)")
     parser.add_argument("--nodes", type=int, default=2, help="how many kwok nodes (up)")
+    parser.add_argument(
+        "--real-node", action="store_true", help="also a real node: containerd, kubelet (up)"
+    )
+    parser.add_argument("--cache", type=Path, help="the image cache folder (with --real-node)")
+    parser.add_argument(
+        "--egress", action="store_true", help="let the real node's pods reach beyond the machine"
+    )
     args = parser.parse_args()
     workdir: Path = args.dir.resolve()
     state_path = workdir / STATE_FILE
@@ -368,11 +503,26 @@ def main() -> int:
     if state is not None:
         _stop_recorded(state)
     started = time.monotonic()
-    plane = start_control_plane(workdir, nodes=args.nodes)
+    real_node = None
+    if args.real_node:
+        if args.cache is None:
+            parser.error("--real-node needs --cache")
+        real_node = RealNodeOptions(cache=args.cache.resolve(), egress=args.egress)
+    try:
+        plane = start_control_plane(
+            workdir,
+            nodes=args.nodes,
+            real_node=real_node,
+            progress=lambda line: print(line, flush=True),
+        )
+    except HarnessError as error:
+        print(f"cluster-up failed: {error}", file=sys.stderr)
+        return 1
     record = {
         "server": plane.server,
         "kubeconfig": str(plane.kubeconfig),
-        "processes": [{"pid": p.pid, "program": p.argv[0]} for p in plane.processes],
+        "processes": [{"pid": p.pid, "program": _program(p)} for p in plane.processes],
+        "node": plane.node.to_json() if plane.node else None,
     }
     state_path.write_text(json.dumps(record, indent=2))
     print(f"control plane up in {time.monotonic() - started:.1f}s: {plane.server}")
