@@ -239,7 +239,7 @@ class _Api:
         model = body["model"]
         if not is_known_model(model):
             return self._error(request, record, 404, "not_found_error", f"model: {model}")
-        plan = self.state.peek()
+        plan = self.state.peek(body)
         override = plan.reply.input_tokens if isinstance(plan, ReplyPlan) else None
         tokens = override if override is not None else estimate_input_tokens(body)
         return self._ok(request, record, b'{"input_tokens":%d}' % tokens)
@@ -283,7 +283,7 @@ class _Api:
         stream = body.get("stream") is True
         speed: str | None = body.get("speed")
         inference_geo: str | None = body.get("inference_geo")
-        plan = self.state.take()
+        plan = self.state.take(body)
         if not isinstance(plan, ReplyPlan):
             if plan.billed:
                 usage = billed_usage(

@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kubeagents.fake_anthropic.compression import CompressionMode
+
+
+class Answer(BaseModel):
+    """A canned answer: when nothing is scripted, a request whose text matches `pattern` gets
+    `text` (with `\\1`-style references to the pattern's groups expanded)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pattern: str = Field(
+        min_length=1,
+        description="A regular expression searched in the request's system prompt and last "
+        "user message (joined by a newline).",
+    )
+    text: str = Field(description="The reply text; `\\1` or `\\g<name>` insert groups.")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise ValueError(f"not a regular expression: {error}") from None
+        return value
 
 
 class FakeAnthropicSettings(BaseSettings):
@@ -40,6 +65,13 @@ class FakeAnthropicSettings(BaseSettings):
     default_text: str = Field(
         default="Hello from the fake Anthropic API.",
         description="The reply text when nothing is programmed.",
+    )
+    answers: list[Answer] = Field(
+        default_factory=list,
+        description="Canned answers (JSON list of {pattern, text}), tried in order when the "
+        "script is empty, before the default reply: they let the fake stand in for the model "
+        "in demos and in-cluster tests (a probe's validator question, a step that must answer "
+        "JSON).",
     )
     max_recorded: int = Field(
         default=10_000,

@@ -6,6 +6,7 @@ loop's thread, so no locks are needed.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -47,6 +48,29 @@ class DropPlan:
 Plan = ReplyPlan | ErrorPlan | DropPlan
 
 
+def request_text(body: dict[str, Any]) -> str:
+    """The system prompt and the last user message's text, joined by a newline: what canned
+    answers are matched against."""
+    parts = [_text_of(body.get("system"))]
+    for message in reversed(body.get("messages") or []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            parts.append(_text_of(message.get("content")))
+            break
+    return "\n".join(parts)
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            block["text"]
+            for block in content
+            if isinstance(block, dict) and isinstance(block.get("text"), str)
+        )
+    return ""
+
+
 def _retry_after_header(seconds: float) -> str:
     return str(int(seconds)) if float(seconds).is_integer() else repr(seconds)
 
@@ -72,6 +96,7 @@ class FakeState:
         self.bill = BillTotals()
         self._base_default = Reply()
         self._default = _Slot(self._base_default, self.compile(self._base_default))
+        self._answers = [(re.compile(answer.pattern), answer.text) for answer in settings.answers]
 
     def compile(self, entry: AnyEntry) -> Plan:
         settings = self.settings
@@ -116,20 +141,33 @@ class FakeState:
     def set_default(self, entry: AnyEntry) -> None:
         self._default = _Slot(entry, self.compile(entry))
 
-    def take(self) -> Plan:
-        """The plan answering the next `/v1/messages` request (consumes one use of the head)."""
+    def take(self, body: Any = None) -> Plan:
+        """The plan answering the next `/v1/messages` request (consumes one use of the head);
+        with the script empty, the first canned answer matching `body`, else the default."""
         script = self._script
         if not script:
-            return self._default.plan
+            return self._answer(body) or self._default.plan
         head = script[0]
         head.remaining -= 1
         if head.remaining <= 0:
             script.popleft()
         return head.plan
 
-    def peek(self) -> Plan:
+    def peek(self, body: Any = None) -> Plan:
         """The plan the next `/v1/messages` request would get, without consuming it."""
-        return self._script[0].plan if self._script else self._default.plan
+        if self._script:
+            return self._script[0].plan
+        return self._answer(body) or self._default.plan
+
+    def _answer(self, body: Any) -> Plan | None:
+        if not self._answers or not isinstance(body, dict):
+            return None
+        text = request_text(body)
+        for pattern, template in self._answers:
+            found = pattern.search(text)
+            if found is not None:
+                return self.compile(Reply.with_text(found.expand(template)))
+        return None
 
     def script_json(self) -> dict[str, Any]:
         return {

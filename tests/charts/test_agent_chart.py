@@ -895,6 +895,20 @@ def test_mcp_servers_become_the_json_list_of_runtime_and_probe(helm_chart: Helm)
     assert json.loads(plain_env(by_name["runtime"])["KUBEAGENTS_RUNTIME_MCP_SERVERS"])
 
 
+def test_an_mcp_server_turned_off_is_left_out_everywhere(helm_chart: Helm) -> None:
+    """`enabled: false` (a values file dropping a server another one defined) removes the server
+    from the runtime's and the probe's lists and drops its Secret volume."""
+    servers = copy.deepcopy(DISTINCT["mcpServers"])
+    servers["search"]["enabled"] = False
+    docs = helm_chart.template(merged(BASE, {"mcpServers": servers}))
+    by_name = containers(docs)
+    runtime_list = json.loads(plain_env(by_name["runtime"])["KUBEAGENTS_RUNTIME_MCP_SERVERS"])
+    assert [server["name"] for server in runtime_list] == ["files"]
+    assert json.loads(plain_env(by_name["probe"])["KUBEAGENTS_PROBE_MCP_SERVERS"]) == runtime_list
+    assert all(v["name"] != "mcp-search" for v in pod_spec(docs)["volumes"])
+    assert "enabled" not in json.dumps(runtime_list)
+
+
 def test_null_limits_leave_the_variable_out_so_the_process_default_applies(
     helm_chart: Helm,
 ) -> None:

@@ -169,9 +169,21 @@ The runtime's shutdown grace: runtime.shutdownGraceSeconds, else the task timeou
 The MCP servers as the JSON list KUBEAGENTS_*_MCP_SERVERS take (kubeagents/mcp_client.py).
 A header from a Secret (headerSecrets) becomes a headerFiles entry pointing at its mounted file.
 */}}
+{{/*
+The MCP servers of `mcpServers` that are not turned off (`enabled: false`, which lets a values
+file drop a server that another values file defined), as a JSON object.
+*/}}
+{{- define "agent.enabledMcpServers" -}}
+{{- $enabled := dict }}
+{{- range $name, $server := .Values.mcpServers }}
+{{- if ne $server.enabled false }}{{ $_ := set $enabled $name (omit $server "enabled") }}{{ end }}
+{{- end }}
+{{- toJson $enabled }}
+{{- end }}
+
 {{- define "agent.mcpServers" -}}
 {{- $servers := list }}
-{{- range $name, $server := .Values.mcpServers }}
+{{- range $name, $server := include "agent.enabledMcpServers" . | fromJson }}
 {{- $out := dict "name" $name "transport" $server.transport }}
 {{- if eq $server.transport "http" }}
 {{- $_ := set $out "url" $server.url }}
@@ -197,7 +209,7 @@ Volumes and mounts of the Secrets behind MCP servers' headerSecrets (runtime and
 */}}
 {{- define "agent.mcpSecretVolumes" -}}
 {{- $volumes := list }}
-{{- range $name, $server := .Values.mcpServers }}
+{{- range $name, $server := include "agent.enabledMcpServers" . | fromJson }}
 {{- if $server.headerSecrets }}
 {{- $sources := list }}
 {{- range $header, $ref := $server.headerSecrets }}
@@ -212,7 +224,7 @@ Volumes and mounts of the Secrets behind MCP servers' headerSecrets (runtime and
 
 {{- define "agent.mcpSecretMounts" -}}
 {{- $mounts := list }}
-{{- range $name, $server := .Values.mcpServers }}
+{{- range $name, $server := include "agent.enabledMcpServers" . | fromJson }}
 {{- if $server.headerSecrets }}
 {{- $mounts = append $mounts (dict "name" (printf "mcp-%s" $name) "mountPath" (printf "%s/%s" (include "agent.mcpSecretsDir" $) $name) "readOnly" true) }}
 {{- end }}

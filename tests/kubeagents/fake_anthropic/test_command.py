@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -88,3 +89,77 @@ def test_environment_sets_default_text_and_base_latency(configured: str) -> None
     assert isinstance(message.content[0], anthropic.types.TextBlock)
     assert message.content[0].text == "from the environment"
     assert elapsed >= 0.25
+
+
+ANSWERS = [
+    {"pattern": r"What is 2 \+ 3\?", "text": "5"},
+    {"pattern": r"Research this topic: (?P<topic>.+)", "text": r"Findings on \g<topic>."},
+    {"pattern": r"(?m)^You summarize", "text": "- summarised"},
+]
+
+
+@pytest.fixture(scope="module")
+def answering(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fake with canned answers from the environment; its base URL."""
+    process, base_url = start(
+        tmp_path_factory.mktemp("answering"),
+        env={"KUBEAGENTS_FAKE_ANTHROPIC_ANSWERS": json.dumps(ANSWERS)},
+    )
+    yield base_url
+    process.stop()
+
+
+def _reply_text(base_url: str, **body: object) -> str:
+    with anthropic.Anthropic(api_key="k", base_url=base_url, max_retries=0) as sdk:
+        message = sdk.messages.create(model=MODEL, max_tokens=10, **body)  # type: ignore[call-overload]
+    block = message.content[0]
+    assert isinstance(block, anthropic.types.TextBlock)
+    return block.text
+
+
+def test_canned_answers_match_the_last_user_message_and_expand_groups(answering: str) -> None:
+    assert _reply_text(answering, messages=[{"role": "user", "content": "What is 2 + 3?"}]) == "5"
+    asked = [
+        {"role": "user", "content": "What is 2 + 3?"},
+        {"role": "assistant", "content": "5"},
+        {"role": "user", "content": [{"type": "text", "text": "Research this topic: tides"}]},
+    ]
+    assert _reply_text(answering, messages=asked) == "Findings on tides."
+
+
+def test_canned_answers_match_the_system_prompt(answering: str) -> None:
+    text = _reply_text(answering, system="You summarize text.", messages=USER)
+    assert text == "- summarised"
+
+
+def test_without_a_matching_answer_the_default_text_is_sent(answering: str) -> None:
+    assert _reply_text(answering, messages=USER) == "Hello from the fake Anthropic API."
+
+
+def test_a_script_entry_wins_over_canned_answers(answering: str) -> None:
+    from kubeagents.fake_anthropic import FakeAnthropicControl, Reply
+
+    with FakeAnthropicControl(answering) as control:
+        control.enqueue(Reply.with_text("scripted"))
+        asked = [{"role": "user", "content": "What is 2 + 3?"}]
+        assert _reply_text(answering, messages=asked) == "scripted"
+        assert _reply_text(answering, messages=asked) == "5"
+
+
+def test_an_answer_that_is_not_a_regular_expression_stops_the_fake_with_its_name(
+    tmp_path: Path,
+) -> None:
+    process = ManagedProcess(
+        "fake-anthropic (bad answers)",
+        [str(KUBEAGENTS), "fake-anthropic", "--port", "0"],
+        tmp_path / "fake.log",
+        env={
+            **os.environ,
+            "KUBEAGENTS_FAKE_ANTHROPIC_ANSWERS": json.dumps([{"pattern": "(", "text": "x"}]),
+        },
+    )
+    try:
+        assert process.popen.wait(timeout=30) != 0
+        assert "not a regular expression" in process.log_text()
+    finally:
+        process.stop()
