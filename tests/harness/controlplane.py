@@ -30,7 +30,6 @@ from typing import Any
 
 import httpx
 
-from harness import images
 from harness.binaries import tool, tools_dir
 from harness.node import (
     CLUSTER_DNS,
@@ -179,8 +178,7 @@ def wait_for_default_service_account(kubeconfig: Path) -> None:
     """Pods can only be created once the service-account controller made `default`."""
     wait_for(
         lambda: (
-            run_kubectl(kubeconfig, "get", "serviceaccount", "default", check=False).returncode
-            == 0
+            run_kubectl(kubeconfig, "get", "serviceaccount", "default", check=False).returncode == 0
         ),
         timeout=START_TIMEOUT,
         what="the default service account",
@@ -393,6 +391,8 @@ def start_real_node(
 ) -> None:
     """Build and import the images, start the node (its processes join `plane.processes` at
     once, so a failure later stops them), then its cluster DNS and default StorageClass."""
+    from harness import images  # only a real node needs the image builds
+
     assert plane.node is not None
     layout = plane.node
     built = images.ensure_images(options.cache, progress=progress)

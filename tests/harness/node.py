@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness.binaries import tool
-from harness.node_network import NodeNetwork
+from harness.node_network import NodeNetwork, delete_network
 from harness.pki import CertificateAuthority, write_kubeconfig
 from harness.processes import HarnessError, ManagedProcess
 
@@ -112,8 +112,8 @@ def install_packages() -> None:
         return
     print(f"installing {', '.join(missing)} from Debian packages", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "RUNLEVEL": "1"}
-    for argv in (["apt-get", "update", "-qq"],
-                 ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]):  # fmt: skip
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]
+    for argv in (["apt-get", "update", "-qq"], install):
         result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise HarnessError(f"{' '.join(argv)} failed:\n{result.stderr[-2000:]}")
@@ -413,8 +413,6 @@ def remove_node(layout: NodeLayout) -> None:
     mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
     for mount in sorted((m for m in mounts if m.startswith(root)), key=len, reverse=True):
         subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
-    from harness.node_network import delete_network  # noqa: PLC0415 - one user, at removal
-
     delete_network(layout.network)
 
 
