@@ -22,6 +22,11 @@ class Answer(BaseModel):
         "user message (joined by a newline).",
     )
     text: str = Field(description="The reply text; `\\1` or `\\g<name>` insert groups.")
+    latency_ms: float | None = Field(
+        default=None,
+        ge=0,
+        description="Time to first byte of this answer; None: the server's `latency_ms`.",
+    )
 
     @field_validator("pattern")
     @classmethod

@@ -49,14 +49,14 @@ Plan = ReplyPlan | ErrorPlan | DropPlan
 
 
 def request_text(body: dict[str, Any]) -> str:
-    """The system prompt and the last user message's text, joined by a newline: what canned
-    answers are matched against."""
+    """The system prompt (when there is one) and the last user message's text, joined by a
+    newline: what canned answers are matched against."""
     parts = [_text_of(body.get("system"))]
     for message in reversed(body.get("messages") or []):
         if isinstance(message, dict) and message.get("role") == "user":
             parts.append(_text_of(message.get("content")))
             break
-    return "\n".join(parts)
+    return "\n".join(part for part in parts if part)
 
 
 def _text_of(content: Any) -> str:
@@ -96,7 +96,10 @@ class FakeState:
         self.bill = BillTotals()
         self._base_default = Reply()
         self._default = _Slot(self._base_default, self.compile(self._base_default))
-        self._answers = [(re.compile(answer.pattern), answer.text) for answer in settings.answers]
+        self._answers = [
+            (re.compile(answer.pattern), answer.text, answer.latency_ms)
+            for answer in settings.answers
+        ]
 
     def compile(self, entry: AnyEntry) -> Plan:
         settings = self.settings
@@ -163,10 +166,10 @@ class FakeState:
         if not self._answers or not isinstance(body, dict):
             return None
         text = request_text(body)
-        for pattern, template in self._answers:
+        for pattern, template, latency_ms in self._answers:
             found = pattern.search(text)
             if found is not None:
-                return self.compile(Reply.with_text(found.expand(template)))
+                return self.compile(Reply.with_text(found.expand(template), latency_ms=latency_ms))
         return None
 
     def script_json(self) -> dict[str, Any]:

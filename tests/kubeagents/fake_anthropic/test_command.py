@@ -95,6 +95,7 @@ ANSWERS = [
     {"pattern": r"What is 2 \+ 3\?", "text": "5"},
     {"pattern": r"Research this topic: (?P<topic>.+)", "text": r"Findings on \g<topic>."},
     {"pattern": r"(?m)^You summarize", "text": "- summarised"},
+    {"pattern": r"^Take your time", "text": "slowly", "latency_ms": 300},
 ]
 
 
@@ -130,6 +131,14 @@ def test_canned_answers_match_the_last_user_message_and_expand_groups(answering:
 def test_canned_answers_match_the_system_prompt(answering: str) -> None:
     text = _reply_text(answering, system="You summarize text.", messages=USER)
     assert text == "- summarised"
+
+
+def test_a_canned_answer_can_have_its_own_latency(answering: str) -> None:
+    began = time.monotonic()
+    assert _reply_text(answering, messages=[{"role": "user", "content": "Take your time"}]) == (
+        "slowly"
+    )
+    assert time.monotonic() - began >= 0.3
 
 
 def test_without_a_matching_answer_the_default_text_is_sent(answering: str) -> None:
