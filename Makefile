@@ -16,6 +16,8 @@ VENV := .venv
 TOOLS_BIN := .tools/bin
 BOOTSTRAP_PYTHON ?= python3
 
+# The harness finds the image cache here (tests/harness/images.py).
+export KUBEAGENTS_CACHE := $(CACHE)
 export UV_CACHE_DIR := $(CACHE)/uv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
@@ -26,13 +28,13 @@ export PATH := $(CURDIR)/$(TOOLS_BIN):$(PATH)
 
 CLUSTER_DIR ?= .tools/cluster
 
-.PHONY: help test lint typecheck pytest venv tools redis-server controlplane run lock clean \
+.PHONY: help test lint typecheck pytest venv tools images redis-server controlplane run fake-anthropic lock clean \
 	cluster-up cluster-down bench-proxy bench-probe bench-runtime bench-operator
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-test: venv tools ## Set up everything, then run ruff, mypy and the whole pytest suite
+test: venv tools images ## Set up everything, then run ruff, mypy and the whole pytest suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
@@ -45,10 +47,13 @@ lint: venv ## ruff lint and format check
 typecheck: venv ## mypy (strict) over the packages and the tests
 	$(VENV)/bin/mypy
 
-pytest: venv tools ## Only the pytest suite (PYTEST_ARGS=... to select)
+pytest: venv tools images ## Only the pytest suite (PYTEST_ARGS=... to select)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-run: venv ## Run the local fake Anthropic API on 127.0.0.1:8787 (local mode's upstream)
+run: venv tools ## The whole product on a local cluster with a real node, and the example team run
+	@cd tests && ../$(VENV)/bin/python -m harness.run_local --dir $(abspath $(CLUSTER_DIR)) --cache $(CACHE)
+
+fake-anthropic: venv ## Run the fake Anthropic API on 127.0.0.1:8787 (ARGS=... for its flags)
 	$(VENV)/bin/kubeagents fake-anthropic $(ARGS)
 
 bench-proxy: venv redis-server ## Benchmark the proxy: overhead, req/s, stream TTFB, RSS, vs LiteLLM (BENCH_ARGS=--skip-litellm)
@@ -80,11 +85,15 @@ tools: $(UV) redis-server controlplane ## helm, kubectl, control plane, ct into 
 	$(BOOTSTRAP_PYTHON) tests/harness/client_tools.py \
 	  --pip $(BOOTSTRAP)/bin/pip --cache $(CACHE)/downloads --tools $(TOOLS_BIN)
 
+images: venv controlplane ## Build the images of the real node (kubeagents, Redis, pause, CoreDNS, provisioner), cached by content
+	@cd tests && ../$(VENV)/bin/python -m harness.images build --cache $(CACHE)
+
 controlplane: ## Build etcd, kube-apiserver, -controller-manager, -scheduler, kwok, ct (cached)
 	$(BOOTSTRAP_PYTHON) tests/harness/go_builds.py --cache $(CACHE) --tools $(TOOLS_BIN)
 
-cluster-up: venv tools ## Start a local control plane with 2 kwok nodes; prints export KUBECONFIG=...
-	@cd tests && ../$(VENV)/bin/python -m harness.controlplane up --dir $(abspath $(CLUSTER_DIR))
+cluster-up: venv tools ## Start a local control plane with 2 kwok nodes (REAL_NODE=1: a real node instead)
+	@cd tests && ../$(VENV)/bin/python -m harness.controlplane up --dir $(abspath $(CLUSTER_DIR)) \
+	  $(if $(REAL_NODE),--nodes 0 --real-node --cache $(CACHE))
 
 cluster-down: venv ## Stop the control plane cluster-up started
 	@cd tests && ../$(VENV)/bin/python -m harness.controlplane down --dir $(abspath $(CLUSTER_DIR))

@@ -8,6 +8,8 @@
 - `start_proxies`: start `kubeagents proxy` processes in front of the fake (stopped after the test).
 - `cluster`: a real Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler,
   kwok nodes) for the session; `namespace`: a fresh namespace in it per test.
+- `real_cluster`: a control plane with a real node that runs the images built here; `product`:
+  the whole product installed into it as `make run` installs it.
 
 A part that cannot start fails the test with the reason; nothing is skipped.
 When a test fails, the new log lines of every process the harness started are attached to the
@@ -16,6 +18,7 @@ report.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 from collections.abc import Callable, Generator, Iterator
@@ -26,9 +29,10 @@ import pytest
 import redis
 
 from harness.binaries import tool, tools_dir
-from harness.controlplane import ControlPlane, start_control_plane
+from harness.controlplane import ControlPlane, RealNodeOptions, start_control_plane
 from harness.fake_anthropic import start_fake_anthropic
 from harness.processes import HarnessError, ManagedProcess
+from harness.product import Product, install
 from harness.proxy import ProxyProcess, StartProxy, start_proxy
 from harness.redis_servers import (
     RedisClusterNodes,
@@ -40,6 +44,8 @@ from kubeagents.fake_anthropic import FakeAnthropicControl
 
 T = TypeVar("T")
 LOG_OFFSETS = pytest.StashKey[dict[int, int]]()
+# Seconds before a task held by a silent (dead) pod is taken over by another (`product`).
+VISIBILITY_TIMEOUT = 6
 
 
 def start_or_fail(start: Callable[[], T]) -> T:
@@ -133,6 +139,34 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     plane = start_or_fail(lambda: start_control_plane(tmp_path_factory.mktemp("cluster")))
     yield plane
     plane.stop()
+
+
+@pytest.fixture(scope="session")
+def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A control plane with one real node (containerd, kubelet, kube-proxy, CoreDNS, the
+    local-path StorageClass) and no kwok nodes; the images come from `make images`."""
+    workdir = tmp_path_factory.mktemp("real-node")
+    cache = Path(os.environ.get("KUBEAGENTS_CACHE", Path.home() / ".cache" / "kubeagents"))
+    plane = start_or_fail(
+        lambda: start_control_plane(workdir, nodes=0, real_node=RealNodeOptions(cache=cache))
+    )
+    yield plane
+    plane.stop()
+
+
+@pytest.fixture(scope="session")
+def product(real_cluster: ControlPlane) -> Product:
+    """The platform chart, the fake upstream and the two example agents, installed into
+    `real_cluster` exactly as `make run` installs them (harness/product.py), with a short
+    visibility timeout so that a killed pod's task is taken over within seconds."""
+    installed = Product(real_cluster.kubeconfig)
+    start_or_fail(
+        lambda: install(
+            installed,
+            agent_args=("--set", f"runtime.visibilityTimeoutSeconds={VISIBILITY_TIMEOUT}"),
+        )
+    )
+    return installed
 
 
 @pytest.fixture(scope="session")

@@ -419,7 +419,7 @@ def start_real_node(
             COREDNS_IMAGE=images.COREDNS_IMAGE,
             CLUSTER_DNS=CLUSTER_DNS,
             PROVISIONER_IMAGE=images.PROVISIONER_IMAGE,
-            HELPER_IMAGE=images.HELPER_IMAGE,
+            HELPER_IMAGE=images.BUSYBOX_IMAGE,
             STORAGE_PATH=str(layout.storage),
         )
         manifest = plane.workdir / addon
@@ -468,8 +468,56 @@ def _program(process: ManagedProcess) -> str:
     return argv[3] if argv[0] == "nsenter" else argv[0]
 
 
+def read_state(workdir: Path) -> dict[str, Any] | None:
+    state_path = workdir / STATE_FILE
+    return json.loads(state_path.read_text()) if state_path.exists() else None
+
+
+def is_running(state: dict[str, Any]) -> bool:
+    return all(p["program"] in program_cmdline(p["pid"]) for p in state["processes"])
+
+
+def stop_recorded(workdir: Path) -> bool:
+    """Stop the cluster recorded in `workdir` (and remove its real node); False if none was."""
+    state = read_state(workdir)
+    if state is None:
+        return False
+    _stop_recorded(state)
+    (workdir / STATE_FILE).unlink()
+    return True
+
+
+def ensure_up(
+    workdir: Path,
+    *,
+    nodes: int,
+    real_node: RealNodeOptions | None,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """The recorded cluster of `workdir` when it runs with the same kind of nodes; otherwise a
+    new one, started and recorded (its processes outlive this program; `down` stops them)."""
+    state = read_state(workdir)
+    if state is not None and is_running(state) and bool(state.get("node")) == bool(real_node):
+        progress(f"control plane already running: {state['server']}")
+        return state
+    if state is not None:
+        progress("stopping the cluster recorded in " + str(workdir))
+        stop_recorded(workdir)
+    started = time.monotonic()
+    plane = start_control_plane(workdir, nodes=nodes, real_node=real_node, progress=progress)
+    record = {
+        "server": plane.server,
+        "kubeconfig": str(plane.kubeconfig),
+        "processes": [{"pid": p.pid, "program": _program(p)} for p in plane.processes],
+        "node": plane.node.to_json() if plane.node else None,
+    }
+    (workdir / STATE_FILE).write_text(json.dumps(record, indent=2))
+    progress(f"control plane up in {time.monotonic() - started:.1f}s: {plane.server}")
+    return record
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description="A local Kubernetes control plane (kwok nodes).")
+    parser = argparse.ArgumentParser(description="A local Kubernetes control plane.")
     parser.add_argument("action", choices=["up", "down", "status"])
     parser.add_argument("--dir", type=Path, required=True, help="work folder (state, logs, pki)")
     parser.add_argument("--nodes", type=int, default=2, help="how many kwok nodes (up)")
@@ -482,34 +530,27 @@ def main() -> int:
     )
     args = parser.parse_args()
     workdir: Path = args.dir.resolve()
-    state_path = workdir / STATE_FILE
-    state = json.loads(state_path.read_text()) if state_path.exists() else None
     if args.action == "down":
-        if state is None:
+        if stop_recorded(workdir):
+            print(f"control plane stopped (logs kept in {workdir / 'logs'})")
+        else:
             print(f"no control plane recorded in {workdir}")
-            return 0
-        _stop_recorded(state)
-        state_path.unlink()
-        print(f"control plane stopped (logs kept in {workdir / 'logs'})")
-        return 0
-    if state is not None and all(
-        p["program"] in program_cmdline(p["pid"]) for p in state["processes"]
-    ):
-        print(f"control plane running: {state['server']}\nexport KUBECONFIG={state['kubeconfig']}")
         return 0
     if args.action == "status":
+        state = read_state(workdir)
+        if state is not None and is_running(state):
+            print(f"control plane running: {state['server']}")
+            print(f"export KUBECONFIG={state['kubeconfig']}")
+            return 0
         print("no control plane running" if state is None else "control plane partly down")
         return 1
-    if state is not None:
-        _stop_recorded(state)
-    started = time.monotonic()
     real_node = None
     if args.real_node:
         if args.cache is None:
             parser.error("--real-node needs --cache")
         real_node = RealNodeOptions(cache=args.cache.resolve(), egress=args.egress)
     try:
-        plane = start_control_plane(
+        state = ensure_up(
             workdir,
             nodes=args.nodes,
             real_node=real_node,
@@ -518,15 +559,7 @@ def main() -> int:
     except HarnessError as error:
         print(f"cluster-up failed: {error}", file=sys.stderr)
         return 1
-    record = {
-        "server": plane.server,
-        "kubeconfig": str(plane.kubeconfig),
-        "processes": [{"pid": p.pid, "program": _program(p)} for p in plane.processes],
-        "node": plane.node.to_json() if plane.node else None,
-    }
-    state_path.write_text(json.dumps(record, indent=2))
-    print(f"control plane up in {time.monotonic() - started:.1f}s: {plane.server}")
-    print(f"export KUBECONFIG={plane.kubeconfig}")
+    print(f"export KUBECONFIG={state['kubeconfig']}")
     return 0
 
 
