@@ -22,10 +22,13 @@ RUN pip install --no-cache-dir --disable-pip-version-check --root-user-action=ig
     "uv==${UV_VERSION}"
 
 # Byte-compile at install (processes start from .pyc; the final image's root filesystem is
-# read-only), copy files instead of hard-linking from uv's cache, never download a Python.
+# read-only), copy files instead of hard-linking from uv's cache, never download a Python, and
+# trust the system's CA bundle like pip does (not only uv's own roots), so a build behind a
+# TLS-intercepting proxy works when that proxy's CA is mounted over the bundle.
 ENV UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_PYTHON_DOWNLOADS=never \
+    UV_SYSTEM_CERTS=1 \
     UV_PROJECT_ENVIRONMENT=/opt/kubeagents/venv
 
 WORKDIR /src
@@ -65,7 +68,12 @@ LABEL org.opencontainers.image.title="kubeagents" \
 RUN groupadd --system --gid 10001 kubeagents \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin kubeagents \
- && python -m pip uninstall --yes --quiet pip setuptools wheel
+ && python -m pip uninstall --yes --quiet pip setuptools wheel \
+ # On a Debian-packaged Python (the local base of tests/harness/images.py) pip silently leaves
+ # Debian's own pip, setuptools and wheel in place, so those packages are purged with dpkg.
+ && if dpkg-query --show python3-pip >/dev/null 2>&1; then \
+      dpkg --purge python3-pip python3-setuptools python3-wheel python3-pkg-resources; \
+    fi
 
 COPY --from=builder /opt/kubeagents/venv /opt/kubeagents/venv
 
