@@ -230,7 +230,8 @@ def test_every_command_the_agent_notes_print_works_verbatim(product: Product) ->
             port_forward,
             "trap 'kill %1' EXIT",
             # wait for the forward to listen, as a user would retry
-            f"for _ in $(seq 300); do curl -so /dev/null :{port} && break; sleep 0.2; done",
+            f"for _ in $(seq 300); do curl -so /dev/null localhost:{port} && break;"
+            " sleep 0.2; done",
             *curls,
         ])  # fmt: skip
         return run_shell(script, product)
