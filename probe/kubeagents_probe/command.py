@@ -15,7 +15,7 @@ from kubeagents_probe.metrics import ProbeMetrics
 from kubeagents_probe.probe import Probe
 from kubeagents_probe.proxy_client import ProxyClient
 from kubeagents_probe.settings import ProbeSettings
-from kubeagents_probe.shared_verdict import SharedVerdict
+from kubeagents_probe.shared_verdict import SharedVerdict, check_digest
 
 
 async def serve(settings: ProbeSettings) -> int:
@@ -32,7 +32,12 @@ async def serve(settings: ProbeSettings) -> int:
             slot_key=agent_key(settings.namespace, settings.agent, "probe"),
             command_timeout=max(1.0, min(5.0, settings.timeout_seconds)),
         )
-        shared = SharedVerdict(link, namespace=settings.namespace, agent=settings.agent)
+        shared = SharedVerdict(
+            link,
+            namespace=settings.namespace,
+            agent=settings.agent,
+            digest=check_digest(settings.semantic_check_definition()),
+        )
     probe = Probe(settings, client, ProbeMetrics(), shared)
     runner = web.AppRunner(create_app(probe), access_log=None)
     stop = stop_on_signals()

@@ -190,6 +190,20 @@ class ProbeSettings(AgentSettings):
     def grader_model(self) -> str:
         return self.judge_model or self.model
 
+    def semantic_check_definition(self) -> dict[str, object]:
+        """What the semantic check asks and how it judges: pods share a verdict only when this
+        is equal (shared_verdict.check_digest)."""
+        return {
+            "model": self.model,
+            "system_prompt": self.system_prompt,
+            "prompt": self.prompt,
+            "max_tokens": self.max_tokens,
+            "expect": str(self.expect),
+            "expect_value": self.expect_value,
+            "judge_model": self.grader_model,
+            "judge_max_tokens": self.judge_max_tokens,
+        }
+
     @property
     def verdict_poll_seconds(self) -> float:
         """How often a pod reads the shared verdict (and claims the check when it is due)."""

@@ -276,6 +276,31 @@ def test_three_pods_of_one_agent_make_one_semantic_call_per_interval(
     assert all(v["passing"] for v in verdicts)
 
 
+def test_pods_whose_checks_differ_keep_their_own_verdicts(
+    start_probes: StartProbe, ready_fake: FakeAnthropicControl
+) -> None:
+    """A rollout that changes the check (here its expectation): the new pod neither borrows the
+    old pods' passing verdict nor turns them NotReady with its failing one."""
+    interval = 2.0
+    old = start_probes(name="old-pod", interval_seconds=interval)
+    wait_ready(old)
+    new = start_probes(
+        name="new-pod", interval_seconds=interval, expect_value="a word the model never says"
+    )
+    body = wait_failing(new, {"semantic": "unexpected_reply"})
+    assert body["checks"]["semantic"]["by"] == "new-pod"
+    # several intervals later the old pod still holds its own passing verdict
+    started = time.time()
+    wait_for(
+        lambda: len([c for c in validator_calls(ready_fake) if c.received_at > started]) >= 4,
+        timeout=6 * interval,
+        what="both checks to run again",
+    )
+    assert old.get("/readyz")[0] == 200
+    assert old.readiness()["checks"]["semantic"]["by"] == "old-pod"
+    assert new.get("/readyz")[0] == 503
+
+
 @pytest.mark.timeout(150)
 def test_polling_readyz_at_10_hz_for_a_minute_makes_no_model_call(
     start_probes: StartProbe, ready_fake: FakeAnthropicControl
