@@ -46,8 +46,10 @@ COPY sidecar ./sidecar
 COPY probe ./probe
 COPY runtime ./runtime
 COPY operator ./operator
+# --reinstall-package: uv caches the wheel it built from /src by pyproject.toml alone, so without
+# it a build with changed sources but the same pyproject.toml installs the previous code.
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --locked --no-dev --no-editable
+    uv sync --locked --no-dev --no-editable --reinstall-package kubeagents
 
 
 FROM ${PYTHON_IMAGE}
