@@ -216,19 +216,8 @@ print(json.dumps(digests))
 def test_the_pods_run_the_code_of_this_checkout(product: Product) -> None:
     """The image was built from these sources (a stale build cache once shipped old code)."""
     [pod, *_] = pods_of(product, SUMMARIZER.release)
-    running = json.loads(
-        product.kubectl(
-            "exec",
-            pod["metadata"]["name"],
-            "-c",
-            "runtime",
-            "--",
-            "python",
-            "-c",
-            DIGEST_PACKAGES,
-            *PACKAGES,
-        )  # fmt: skip
-    )
+    argv = ["exec", pod["metadata"]["name"], "-c", "runtime", "--", "python", "-c"]
+    running = json.loads(product.kubectl(*argv, DIGEST_PACKAGES, *PACKAGES))
     for name, folder in PACKAGES.items():
         digest = hashlib.sha256()
         root = REPO / folder
