@@ -50,7 +50,9 @@ typecheck: venv ## mypy (strict) over the packages and the tests
 pytest: venv tools images ## Only the pytest suite (PYTEST_ARGS=... to select)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-run: venv tools ## The whole product on a local cluster with a real node, and the example team run
+run: venv ## The whole product on a local cluster with a real node, and the example team run
+	@cd tests && ../$(VENV)/bin/python -m harness.run_local --check
+	@$(MAKE) --no-print-directory tools images
 	@cd tests && ../$(VENV)/bin/python -m harness.run_local --dir $(abspath $(CLUSTER_DIR)) --cache $(CACHE)
 
 fake-anthropic: venv ## Run the fake Anthropic API on 127.0.0.1:8787 (ARGS=... for its flags)
