@@ -28,27 +28,27 @@ export PATH := $(CURDIR)/$(TOOLS_BIN):$(PATH)
 
 CLUSTER_DIR ?= .tools/cluster
 
-.PHONY: help test lint typecheck pytest venv tools images redis-server controlplane run fake-anthropic lock clean \
+.PHONY: help test test-unit lint typecheck pytest venv tools images redis-server controlplane run fake-anthropic lock clean \
 	cluster-up cluster-down bench-proxy bench-probe bench-runtime bench-operator
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-test: venv tools images ## Set up everything, then run ruff, mypy and the whole pytest suite
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+test: lint typecheck pytest ## Set up everything, then run ruff, the import contract, mypy and the whole pytest suite
 
-lint: venv ## ruff lint and format check
+lint: venv ## ruff lint and format check; the import contract (lint-imports, see pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: venv ## mypy (strict) over the packages and the tests
 	$(VENV)/bin/mypy
 
 pytest: venv tools images ## Only the pytest suite (PYTEST_ARGS=... to select)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-unit: venv ## The fast edit-test loop: every test that needs no control plane, node or image (marker `unit`)
+	$(VENV)/bin/pytest -m unit -q $(PYTEST_ARGS)
 
 run: venv ## The whole product on a local cluster with a real node, and the example team run
 	@cd tests && ../$(VENV)/bin/python -m harness.run_local --check

@@ -26,6 +26,7 @@ from pydantic_settings import SettingsConfigDict
 from redis.exceptions import ConnectionError, RedisError
 
 from kubeagents.agent import AgentSettings, RedisUrl, agent_key
+from kubeagents.commands import Command
 from kubeagents.process import run
 from kubeagents.redis_link import Endpoint, RedisLink
 from kubeagents.tasks import (
@@ -259,3 +260,26 @@ def _complain(command: str, message: str, status: int) -> int:
     sys.stderr.write(f"kubeagents {command}: {message}\n")
     sys.stderr.flush()
     return status
+
+
+# --- the subcommands, registered in the `kubeagents.commands` entry point group -------------
+
+SUBMIT = Command(
+    name="task submit",
+    summary="Put a task on an agent's queue in Redis and print its id; with --wait, wait "
+    "for its result too.",
+    settings=TaskSubmitSettings,
+    entry_point="kubeagents.task_command:submit",
+)
+GET = Command(
+    name="task get",
+    summary="Print a task's status and result.",
+    settings=TaskGetSettings,
+    entry_point="kubeagents.task_command:get",
+)
+WATCH = Command(
+    name="task watch",
+    summary="Print a task's status each time it changes, until it is final.",
+    settings=TaskWatchSettings,
+    entry_point="kubeagents.task_command:watch",
+)

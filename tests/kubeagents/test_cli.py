@@ -7,12 +7,23 @@ import os
 import re
 import subprocess
 import sys
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
+import pytest
+
 from kubeagents import __version__
-from kubeagents.cli import COMMAND_GROUPS, COMMANDS, is_positional
+from kubeagents.cli import is_positional
+from kubeagents.commands import (
+    COMMAND_GROUPS,
+    ENTRY_POINT_GROUP,
+    CommandRegistrationError,
+    discover,
+    load_command,
+)
 
 KUBEAGENTS = Path(sys.executable).parent / "kubeagents"
+COMMANDS = discover()
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -95,3 +106,25 @@ def test_invalid_env_value_names_the_option() -> None:
     result = run("fake-anthropic", env={"KUBEAGENTS_FAKE_ANTHROPIC_PORT": "eighty"})
     assert result.returncode == 2
     assert "invalid configuration: port:" in result.stderr
+
+
+def test_every_process_registers_its_subcommand_through_the_entry_point_group() -> None:
+    registered = {entry.name for entry in entry_points(group=ENTRY_POINT_GROUP)}
+    assert {"proxy", "probe", "runtime", "operator", "fake-anthropic"} <= registered
+    assert {c.name for c in COMMANDS} == {name.replace(".", " ") for name in registered}
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("probe", "kubeagents_proxy.subcommand:COMMAND", "holds the command 'proxy'"),
+        ("proxy", "kubeagents.commands:ENTRY_POINT_GROUP", "a str, not a Command"),
+        ("proxy", "kubeagents_nowhere.subcommand:COMMAND", "No module named 'kubeagents_nowhere'"),
+    ],
+)
+def test_a_broken_registration_is_named_with_its_entry_point(
+    name: str, value: str, problem: str
+) -> None:
+    entry = EntryPoint(name=name, value=value, group=ENTRY_POINT_GROUP)
+    with pytest.raises(CommandRegistrationError, match=re.escape(problem)):
+        load_command(entry)
