@@ -1,6 +1,6 @@
 """What every long-running `kubeagents` process does the same way: an event loop (uvloop when
-installed), SIGTERM/SIGINT as a stop event, plain-text log lines on stderr, and the one
-"listening on …" line on stdout that tests and operators read the port from."""
+installed), SIGTERM/SIGINT as a stop event, JSON log lines on stderr (`kubeagents.logs`), and the
+one "listening on …" line on stdout that tests and operators read the port from."""
 
 from __future__ import annotations
 
@@ -12,14 +12,21 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-QUIET_LOGGERS = ("httpx", "httpx2")  # HTTP client libraries log every request at INFO
+from kubeagents.logs import InvalidLogLevel, configure_logging, configured_level
+
+EXIT_INVALID_CONFIGURATION = 2
 
 
-def run(main: Coroutine[Any, Any, int], *, log_level: int = logging.INFO) -> int:
-    """Run `main` to completion on a fresh event loop; its result is the exit status."""
-    logging.basicConfig(level=log_level, format="%(message)s", stream=sys.stderr)
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+def run(main: Coroutine[Any, Any, int], *, default_log_level: int = logging.INFO) -> int:
+    """Run `main` to completion on a fresh event loop; its result is the exit status. The log
+    level is `KUBEAGENTS_LOG_LEVEL`, or `default_log_level` when that is unset."""
+    try:
+        level = configured_level(default_log_level)
+    except InvalidLogLevel as error:
+        main.close()
+        sys.stderr.write(f"kubeagents: invalid configuration: {error}\n")
+        return EXIT_INVALID_CONFIGURATION
+    configure_logging(level)
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(main)
 

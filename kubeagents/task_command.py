@@ -229,7 +229,7 @@ def _run(command: str, settings: TaskSettings, body: Callable[[TaskQueue], Await
             await link.aclose()
 
     try:
-        return run(main(), log_level=logging.WARNING)
+        return run(main(), default_log_level=logging.WARNING)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 

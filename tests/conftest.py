@@ -12,6 +12,13 @@
   the whole product installed into it as `make run` installs it.
 
 A part that cannot start fails the test with the reason; nothing is skipped.
+
+Tests that need no control plane, node, image or process of the product's own are marked `unit`
+here (`make test-unit` runs them: the edit-test loop). A test is a unit test unless it uses one
+of `NOT_UNIT_FIXTURES` (directly or through another fixture), lives under `NOT_UNIT_FOLDERS` or
+directly in tests/ (the harness's own tests), or is marked `integration` (it starts several
+real servers itself, e.g. a Sentinel failover).
+`redis_server` and the fake Anthropic API are allowed: each is one process per session.
 When a test fails, the new log lines of every process the harness started are attached to the
 report.
 """
@@ -54,6 +61,47 @@ def start_or_fail(start: Callable[[], T]) -> T:
         return start()
     except HarnessError as error:
         pytest.fail(f"a real part of the test harness did not start: {error}", pytrace=False)
+
+
+NOT_UNIT_FIXTURES = frozenset(
+    {
+        "cluster",
+        "real_cluster",
+        "helm",
+        "kubectl",
+        "redis_cluster_nodes",
+        "start_proxies",
+        "start_probes",
+        "start_runtimes",
+        "start_agents",
+        "start_operator",
+        "mcp_server",
+    }
+)
+NOT_UNIT_FOLDERS = ("charts", "real_pods", "benchmarks")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "unit: needs no control plane, node, image or product process (make test-unit)"
+    )
+    config.addinivalue_line(
+        "markers", "integration: starts several real servers itself; not in make test-unit"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests = Path(__file__).parent
+    for item in items:
+        folders = item.path.relative_to(tests).parts[:-1]
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if (
+            folders
+            and folders[0] not in NOT_UNIT_FOLDERS
+            and not fixtures & NOT_UNIT_FIXTURES
+            and item.get_closest_marker("integration") is None
+        ):
+            item.add_marker(pytest.mark.unit)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -25,7 +25,6 @@ import contextlib
 import json
 import logging
 import random
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -37,6 +36,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from redis.exceptions import RedisError, ResponseError
 
 from kubeagents.headers import RUN_BUDGET_HEADER
+from kubeagents.logs import log_event
 from kubeagents.redis_link import RedisLink
 from kubeagents.tasks import GROUP, MessageField, QueueKeys, as_fields, as_text, parse_input
 from kubeagents_runtime.agent_loop import AgentLoop
@@ -376,7 +376,6 @@ class Worker:
         retry_in: float | None = None,
     ) -> None:
         record: Mapping[str, Any] = {
-            "event": "task",
             "agent": self.settings.agent,
             "task_id": task_id,
             "trace_id": trace_id,
@@ -386,4 +385,4 @@ class Worker:
             **({"error": error} if error else {}),
             **({"retry_in_seconds": round(retry_in, 3)} if retry_in is not None else {}),
         }
-        sys.stderr.write(json.dumps(record) + "\n")
+        log_event(log, "task", record)

@@ -6,15 +6,14 @@ so none of it delays the caller.
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 import time
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from kubeagents.logs import log_event
 from kubeagents_proxy.errors import ProxyRefusal, refusal_label
 from kubeagents_proxy.metrics import ProxyMetrics
 from kubeagents_proxy.prices import Usage
@@ -83,13 +82,11 @@ class CallRecorder:
         usd_nanos: int = 0,
         probe: bool = False,
     ) -> None:
-        """One JSON line per call on stderr, written directly: the logging module's records
-        and handlers cost more than the line itself on this path. Silenced with the
+        """One `call` event per call (`kubeagents.logs.log_event`); silenced with the
         `kubeagents.proxy` logger's level above INFO."""
         if not log.isEnabledFor(logging.INFO):
             return
         record: dict[str, Any] = {
-            "event": "call",
             "agent": self.agent,
             "model": model,
             "outcome": outcome,
@@ -102,7 +99,7 @@ class CallRecorder:
             record["status"] = refusal.status
             record["reason"] = refusal_label(refusal)
             record["message"] = refusal.message
-        sys.stderr.write(json.dumps(record) + "\n")
+        log_event(log, "call", record)
 
 
 def describe_call(span: trace.Span, usage: Usage | None, outcome: str) -> None:

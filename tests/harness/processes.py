@@ -13,7 +13,7 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -31,6 +31,19 @@ def settings_env(prefix: str, values: Mapping[str, object]) -> dict[str, str]:
             text = value if isinstance(value, str) else json.dumps(value)
             env[f"{prefix}{field.upper()}"] = text
     return env
+
+
+def log_records(text: str) -> list[dict[str, Any]]:
+    """The JSON log lines (`kubeagents.logs`) in a process's output, in order; other lines (the
+    listening line, console spans) are left out."""
+    records = []
+    for line in text.splitlines():
+        if not line.startswith('{"time": '):
+            continue
+        record = json.loads(line)
+        if isinstance(record, dict) and {"level", "logger", "message"} <= record.keys():
+            records.append(record)
+    return records
 
 
 def wait_for(

@@ -13,7 +13,7 @@ from typing import Any, cast
 import redis
 
 from harness.probe import start_probe
-from harness.processes import wait_for
+from harness.processes import log_records, wait_for
 from harness.proxy import ProxyProcess, StartProxy, sdk
 from harness.runtime import StartRuntime, model_calls
 from kubeagents.fake_anthropic import ErrorReply, FakeAnthropicControl, Reply
@@ -90,10 +90,12 @@ def test_a_task_with_two_tool_calls_completes_with_result_usage_and_spans(
     ):
         assert line in metrics, line
     log_line = next(
-        json.loads(line)
-        for line in runtime.process.log_text().splitlines()
-        if line.startswith('{"event": "task"')
+        record
+        for record in log_records(runtime.process.log_text())
+        if record.get("event") == "task"
     )
+    assert log_line["level"] == "info"
+    assert log_line["logger"] == "kubeagents.runtime"
     assert log_line["task_id"] == "sum-1"
     assert log_line["trace_id"] == result["trace_id"]
     assert log_line["outcome"] == "succeeded"
