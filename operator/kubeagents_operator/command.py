@@ -11,8 +11,9 @@ from pathlib import Path
 
 import kopf
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
+from kubeagents.metrics_endpoint import metrics_handler
 from kubeagents.process import announce, run, stop_on_signals
 from kubeagents.redis_link import RedisLink
 from kubeagents_operator.handlers import OperatorDeps, register
@@ -43,15 +44,10 @@ def admin_app(
         ok = all(value == "ok" for value in checks.values())
         return web.json_response({"checks": checks}, status=200 if ok else 503)
 
-    async def metrics_endpoint(request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(metrics), headers={"content-type": CONTENT_TYPE_LATEST}
-        )
-
     app = web.Application()
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/metrics", metrics_handler(metrics))
     return app
 
 

@@ -13,8 +13,8 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kubeagents.metrics_endpoint import metrics_handler
 from kubeagents_probe.probe import Probe
 
 
@@ -34,16 +34,14 @@ def create_app(probe: Probe) -> web.Application:
         ]
         return web.json_response(body)
 
-    async def metrics(request: web.Request) -> web.Response:
-        probe.readiness()  # refresh the ready and verdict-age gauges
-        return web.Response(
-            body=generate_latest(probe.metrics.registry),
-            headers={"content-type": CONTENT_TYPE_LATEST},
-        )
+    async def refresh_readiness_gauges() -> None:
+        probe.readiness()  # sets the ready and verdict-age gauges
 
     app = web.Application()
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/livez", livez)
     app.router.add_get("/status", status)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get(
+        "/metrics", metrics_handler(probe.metrics.registry, refresh=refresh_readiness_gauges)
+    )
     return app

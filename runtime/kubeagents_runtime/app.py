@@ -15,9 +15,9 @@ import json
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
+from kubeagents.metrics_endpoint import metrics_handler
 from kubeagents.tasks import MAX_INPUT_BYTES, InvalidTask, TaskQueue
 from kubeagents_runtime.metrics import RuntimeMetrics
 from kubeagents_runtime.toolbox import Toolbox
@@ -51,12 +51,9 @@ def create_app(
         }
         return web.json_response(body, status=200 if body["ready"] else 503)
 
-    async def metrics_endpoint(request: web.Request) -> web.Response:
+    async def refresh_mcp_gauges() -> None:
         for name, status in toolbox.status().items():
             metrics.mcp_server_up.labels(name).set(1 if status.up else 0)
-        return web.Response(
-            body=generate_latest(metrics.registry), headers={"content-type": CONTENT_TYPE_LATEST}
-        )
 
     async def submit(request: web.Request) -> web.Response:
         try:
@@ -101,7 +98,7 @@ def create_app(
     app = web.Application(client_max_size=MAX_INPUT_BYTES + 4096)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/metrics", metrics_handler(metrics.registry, refresh=refresh_mcp_gauges))
     if task_api:
         app.router.add_post("/v1/tasks", submit)
         app.router.add_get("/v1/tasks/{task_id}", get_task)

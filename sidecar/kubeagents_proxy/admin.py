@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kubeagents.redis_link import RedisLink
 from kubeagents_proxy.accounting import RUN_SCOPE, Accountant, parse_run_budget
@@ -90,7 +89,8 @@ class Admin:
             }
         )
 
-    async def metrics_endpoint(self, request: web.Request) -> web.Response:
+    async def refresh_budget_gauges(self) -> None:
+        """Read the agent's budget from the ledger into the gauges (before each scrape)."""
         accountant = self.accountant
         if accountant.ledger is not None and accountant.agent_scope is not None:
             try:
@@ -106,10 +106,6 @@ class Admin:
                             self.metrics.budget.labels(kind, name).set(value * scale)
             except (LedgerUnavailable, TimeoutError):
                 pass  # the gauges keep their last values
-        return web.Response(
-            body=generate_latest(self.metrics.registry),
-            headers={"content-type": CONTENT_TYPE_LATEST},
-        )
 
 
 def _kind_json(state: KindState, *, scale: float = 1.0) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from kubeagents.metrics_endpoint import metrics_handler
 from kubeagents_proxy.accounting import Accountant, Charge
 from kubeagents_proxy.admin import Admin
 from kubeagents_proxy.call_record import CallRecorder, describe_refusal
@@ -199,6 +200,9 @@ def create_proxy(max_body_bytes: int, parts: ProxyParts) -> ProxyApps:
     admin = web.Application()
     admin.router.add_get("/livez", parts.admin.livez)
     admin.router.add_get("/readyz", parts.admin.readyz)
-    admin.router.add_get("/metrics", parts.admin.metrics_endpoint)
+    admin.router.add_get(
+        "/metrics",
+        metrics_handler(parts.admin.metrics.registry, refresh=parts.admin.refresh_budget_gauges),
+    )
     admin.router.add_get("/kubeagents/budget", parts.admin.budget)
     return ProxyApps(api, admin, parts)
