@@ -18,10 +18,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from kubeagents.backoff import Backoff
 from kubeagents.mcp_client import McpServer, McpSession, McpUnavailable, ToolResult, open_session
 
 log = logging.getLogger("kubeagents.runtime")
-RECONNECT_SECONDS = (0.5, 1, 2, 5, 10, 30)
+RECONNECT_BACKOFF = Backoff(base=0.5, cap=30.0)
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ class Toolbox:
                 self._sessions.pop(server.name, None)
             if self._closing.is_set():
                 return
-            await asyncio.sleep(RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)])
+            await asyncio.sleep(RECONNECT_BACKOFF.delay(attempt))
             attempt += 1
 
     def _set(self, name: str, status: ServerStatus) -> None:

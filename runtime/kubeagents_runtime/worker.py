@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -35,6 +34,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from redis.exceptions import RedisError, ResponseError
 
+from kubeagents.backoff import Backoff
 from kubeagents.headers import RUN_BUDGET_HEADER
 from kubeagents.logs import log_event
 from kubeagents.redis_link import RedisLink
@@ -62,6 +62,7 @@ class Worker:
         tracer: trace.Tracer,
     ) -> None:
         self.settings = settings
+        self.backoff = Backoff(settings.backoff_base_seconds, settings.backoff_max_seconds)
         self.link = link
         self.reader = reader
         self.agent_loop = loop
@@ -338,9 +339,7 @@ class Worker:
     def _delay(self, attempt: int, failure: TaskFailure) -> float:
         if failure.retry_after is not None:
             return failure.retry_after  # the proxy knows when the budget frees up
-        base = self.settings.backoff_base_seconds * 2.0 ** (attempt - 1)
-        capped = min(self.settings.backoff_max_seconds, base)
-        return capped * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not cryptography
+        return self.backoff.delay(attempt - 1)
 
     # --- readiness gate ----------------------------------------------------------------------
 

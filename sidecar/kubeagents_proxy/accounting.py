@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
+from kubeagents.backoff import Backoff
 from kubeagents.redis_link import RedisLink
 from kubeagents_proxy.errors import InvalidRequest, LedgerDown, NotPriced, RateLimited
 from kubeagents_proxy.ledger import (
@@ -49,7 +50,7 @@ from kubeagents_proxy.prices import NANOS_PER_USD
 
 log = logging.getLogger("kubeagents.proxy")
 SETTLE_ATTEMPT_SECONDS = 5.0
-SETTLE_BACKOFF_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+SETTLE_BACKOFF = Backoff(base=0.05, cap=5.0)
 RUN_LEDGER_CACHE = 64
 _RUN_ID = re.compile(r"^[A-Za-z0-9._/-]{1,150}$")
 RUN_SCOPE = "run"
@@ -323,9 +324,7 @@ class Accountant:
                         return
                     if attempt == 0:
                         self.metrics.settlements_pending.inc()
-                    await asyncio.sleep(
-                        SETTLE_BACKOFF_SECONDS[min(attempt, len(SETTLE_BACKOFF_SECONDS) - 1)]
-                    )
+                    await asyncio.sleep(SETTLE_BACKOFF.delay(attempt))
                     attempt += 1
         finally:
             if attempt:

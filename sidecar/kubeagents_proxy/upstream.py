@@ -19,12 +19,12 @@ the provider may have billed it.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
 import aiohttp
 
+from kubeagents.backoff import Backoff
 from kubeagents_proxy.errors import UpstreamTimeout, UpstreamUnavailable
 
 FORWARDED_REQUEST_HEADERS = ("anthropic-version", "anthropic-beta", "traceparent", "tracestate")
@@ -32,8 +32,7 @@ DROPPED_RESPONSE_HEADERS = frozenset(
     {"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
 )
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
-BACKOFF_BASE_SECONDS = 0.5
-BACKOFF_MAX_SECONDS = 8.0
+RETRY_BACKOFF = Backoff(base=0.5, cap=8.0)
 BILLED_ERROR_STATUSES = frozenset({500, 502, 503, 504})
 """Upstream errors that may come after the model worked (and billed); 429 and 529 are refusals."""
 
@@ -145,8 +144,7 @@ class Upstream:
                     return response
             wait = _retry_after(response.headers)
             if wait is None:
-                wait = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt)
-                wait *= 0.5 + random.random() / 2  # noqa: S311 - jitter, not cryptography
+                wait = RETRY_BACKOFF.delay(attempt)
             if time.monotonic() + wait >= deadline:
                 return response
             if before_retry is not None and not await before_retry(response.status):
