@@ -24,16 +24,14 @@ from typing import Any
 
 from pydantic_settings import BaseSettings
 
+from kubeagents.errors import CommandRegistrationError
+
 ENTRY_POINT_GROUP = "kubeagents.commands"
 
 # Two-word commands sharing their first word are the subcommands of that group.
 COMMAND_GROUPS: dict[str, str] = {
     "task": "Submit tasks to an agent's queue (in Redis) and follow their status and results.",
 }
-
-
-class CommandRegistrationError(Exception):
-    """An entry point of the group is not a usable `Command` (the installed package is broken)."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+from kubeagents.errors import InvalidLogLevel
+
 LEVEL_VARIABLE = "KUBEAGENTS_LOG_LEVEL"
 LEVELS = {
     "debug": logging.DEBUG,
@@ -34,10 +36,6 @@ LEVELS = {
     "error": logging.ERROR,
 }
 QUIET_LOGGERS = ("httpx", "httpx2")  # HTTP client libraries log every request at INFO
-
-
-class InvalidLogLevel(ValueError):
-    """`KUBEAGENTS_LOG_LEVEL` names no level."""
 
 
 def configured_level(default: int = logging.INFO, environ: Mapping[str, str] = os.environ) -> int:

@@ -12,7 +12,8 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from kubeagents.logs import InvalidLogLevel, configure_logging, configured_level
+from kubeagents.errors import InvalidLogLevel
+from kubeagents.logs import configure_logging, configured_level
 
 EXIT_INVALID_CONFIGURATION = 2
 

@@ -27,11 +27,11 @@ from redis.exceptions import ConnectionError, RedisError
 
 from kubeagents.agent import AgentSettings, RedisUrl, agent_key
 from kubeagents.commands import Command
+from kubeagents.errors import InvalidTask
 from kubeagents.process import run
 from kubeagents.redis_link import Endpoint, RedisLink
 from kubeagents.tasks import (
     FINAL_STATUSES,
-    InvalidTask,
     Status,
     TaskQueue,
     parse_input,

@@ -41,6 +41,7 @@ from enum import StrEnum
 from typing import Any
 
 from kubeagents.agent import agent_key
+from kubeagents.errors import InvalidTask
 from kubeagents.redis_link import RedisLink
 
 GROUP = "runtime"
@@ -110,10 +111,6 @@ class Status(StrEnum):
 
 
 FINAL_STATUSES = frozenset({Status.SUCCEEDED, Status.FAILED, Status.DEAD})
-
-
-class InvalidTask(ValueError):
-    """A task that cannot be submitted; the message names the problem."""
 
 
 @dataclass(frozen=True)

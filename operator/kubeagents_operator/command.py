@@ -13,6 +13,7 @@ import kopf
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from kubeagents.http_errors import error_middleware
 from kubeagents.metrics_endpoint import metrics_handler
 from kubeagents.process import announce, run, stop_on_signals
 from kubeagents.redis_link import RedisLink
@@ -44,7 +45,7 @@ def admin_app(
         ok = all(value == "ok" for value in checks.values())
         return web.json_response({"checks": checks}, status=200 if ok else 503)
 
-    app = web.Application()
+    app = web.Application(middlewares=[error_middleware()])
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler(metrics))

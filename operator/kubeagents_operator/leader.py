@@ -21,11 +21,9 @@ from typing import Any
 
 import httpx
 
+from kubeagents_operator.errors import LeadershipLost
+
 LOG = logging.getLogger("kubeagents.operator.leader")
-
-
-class LeadershipLost(RuntimeError):
-    """The Lease could not be renewed, or another replica holds it now."""
 
 
 def _micro_time() -> str:

@@ -15,11 +15,9 @@ from typing import Any
 
 import jsonschema
 
+from kubeagents_operator.errors import OutputInvalid
+
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n(.*?)```", re.DOTALL)
-
-
-class OutputInvalid(ValueError):
-    """The output has no JSON, or its JSON does not match the schema; the message says why."""
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from typing import Any
 import jsonschema
 
 from kubeagents_operator import dag, templates
-from kubeagents_operator.outputs import OutputInvalid, validated
+from kubeagents_operator.errors import OutputInvalid
+from kubeagents_operator.outputs import validated
 from kubeagents_operator.schedules import Schedule
 
 TERMINAL_STEP_PHASES = frozenset({"Succeeded", "Failed", "Skipped"})

@@ -21,14 +21,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kubeagents_operator.errors import TemplateError
+
 _ACTION = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _SEGMENT = r"[A-Za-z0-9_-]+"
 _INPUT = re.compile(rf"^\s*\.input((?:\.{_SEGMENT})+)\s*$")
 _STEP = re.compile(rf"^\s*\.steps\.({_SEGMENT})\.(output|data)((?:\.{_SEGMENT})*)\s*$")
-
-
-class TemplateError(ValueError):
-    """A template that cannot be parsed or rendered; the message names the problem."""
 
 
 @dataclass(frozen=True)

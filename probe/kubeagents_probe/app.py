@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from kubeagents.http_errors import error_middleware
 from kubeagents.metrics_endpoint import metrics_handler
 from kubeagents_probe.probe import Probe
 
@@ -37,7 +38,7 @@ def create_app(probe: Probe) -> web.Application:
     async def refresh_readiness_gauges() -> None:
         probe.readiness()  # sets the ready and verdict-age gauges
 
-    app = web.Application()
+    app = web.Application(middlewares=[error_middleware()])
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/livez", livez)
     app.router.add_get("/status", status)

@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kubeagents_probe.proxy_client import CheckFailed, Reply
+from kubeagents_probe.errors import CheckFailed
+from kubeagents_probe.proxy_client import Reply
 from kubeagents_probe.settings import ExpectKind, ProbeSettings, parse_schema
 
 GRADER_SYSTEM = (

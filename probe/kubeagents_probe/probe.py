@@ -29,9 +29,10 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from kubeagents.mcp_client import McpServer, McpUnavailable, check_tools
+from kubeagents_probe.errors import CheckFailed
 from kubeagents_probe.expectations import Expectation, excerpt
 from kubeagents_probe.metrics import ProbeMetrics
-from kubeagents_probe.proxy_client import CheckFailed, ProxyClient
+from kubeagents_probe.proxy_client import ProxyClient
 from kubeagents_probe.settings import ProbeSettings
 from kubeagents_probe.shared_verdict import SharedVerdict, Verdict
 from kubeagents_probe.verdicts import CheckResult, CheckState, Thresholds

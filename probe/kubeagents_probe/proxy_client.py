@@ -29,17 +29,9 @@ from typing import Any
 import aiohttp
 
 from kubeagents.headers import PROBE_CALL_HEADER
+from kubeagents_probe.errors import CheckFailed
 
 ANTHROPIC_VERSION = "2023-06-01"
-
-
-class CheckFailed(Exception):
-    """A check failed; `reason` is machine-readable, `detail` says what happened."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from kubeagents_runtime.checkpoint import Checkpoints, Conversation
-from kubeagents_runtime.failures import RunCancelled
+from kubeagents_runtime.errors import RunCancelled
 from kubeagents_runtime.metrics import RuntimeMetrics
 from kubeagents_runtime.settings import RuntimeSettings
 from kubeagents_runtime.toolbox import Toolbox

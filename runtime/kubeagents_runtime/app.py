@@ -17,15 +17,14 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from kubeagents.errors import HttpProblem
+from kubeagents.http_errors import error_middleware
 from kubeagents.metrics_endpoint import metrics_handler
-from kubeagents.tasks import MAX_INPUT_BYTES, InvalidTask, TaskQueue
+from kubeagents.tasks import MAX_INPUT_BYTES, TaskQueue
+from kubeagents_runtime.errors import http_problem
 from kubeagents_runtime.metrics import RuntimeMetrics
 from kubeagents_runtime.toolbox import Toolbox
 from kubeagents_runtime.worker import Worker
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
 
 
 def create_app(
@@ -59,25 +58,19 @@ def create_app(
         try:
             body: Any = json.loads(await request.read())
         except ValueError as error:
-            return _error(400, f"body is not JSON ({error})")
+            raise HttpProblem(400, f"body is not JSON ({error})") from None
         except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"body exceeds {MAX_INPUT_BYTES + 4096:,} bytes")
+            raise HttpProblem(413, f"body exceeds {MAX_INPUT_BYTES + 4096:,} bytes") from None
         if not isinstance(body, dict) or "input" not in body:
-            return _error(400, 'body must be {"input": {"prompt": ...}, "id": optional}')
+            raise HttpProblem(400, 'body must be {"input": {"prompt": ...}, "id": optional}')
         unknown = set(body) - {"input", "id"}
         if unknown:
-            return _error(400, f"unknown fields {sorted(unknown)} (allowed: input, id)")
-        traceparent = request.headers.get("traceparent", "")
-        try:
-            submitted = await queue.submit(
-                body["input"] if isinstance(body["input"], dict) else json.dumps(body["input"]),
-                task_id=body.get("id"),
-                traceparent=traceparent,
-            )
-        except InvalidTask as error:
-            return _error(400, str(error))
-        except (RedisError, OSError) as error:
-            return _error(503, f"the task queue is unavailable: {error}")
+            raise HttpProblem(400, f"unknown fields {sorted(unknown)} (allowed: input, id)")
+        submitted = await queue.submit(
+            body["input"] if isinstance(body["input"], dict) else json.dumps(body["input"]),
+            task_id=body.get("id"),
+            traceparent=request.headers.get("traceparent", ""),
+        )
         status = 202 if submitted.created else 200
         return web.json_response(
             {"id": submitted.task_id, "status": submitted.status}, status=status
@@ -85,17 +78,14 @@ def create_app(
 
     async def get_task(request: web.Request) -> web.Response:
         task_id = request.match_info["task_id"]
-        try:
-            result = await queue.result(task_id)
-        except InvalidTask as error:
-            return _error(400, str(error))
-        except (RedisError, OSError) as error:
-            return _error(503, f"the task queue is unavailable: {error}")
+        result = await queue.result(task_id)
         if result is None:
-            return _error(404, f"no task {task_id} for agent {worker.settings.agent}")
+            raise HttpProblem(404, f"no task {task_id} for agent {worker.settings.agent}")
         return web.json_response(result)
 
-    app = web.Application(client_max_size=MAX_INPUT_BYTES + 4096)
+    app = web.Application(
+        client_max_size=MAX_INPUT_BYTES + 4096, middlewares=[error_middleware(http_problem)]
+    )
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler(metrics.registry, refresh=refresh_mcp_gauges))

@@ -1,4 +1,5 @@
-"""Why an attempt of a task failed, and whether another attempt can help.
+"""Why an attempt of a task failed, and whether another attempt can help (the kinds of
+`TaskFailure` are in `kubeagents_runtime.errors`).
 
 - `Retryable`: upstream 5xx/529, 429 (rate or budget: then `retry_after` from the proxy's
   `retry-after` header), timeouts, connection failures, Redis errors. Retried with exponential
@@ -16,30 +17,7 @@ import math
 import anthropic
 
 from kubeagents.headers import BUDGET_SCOPE_HEADER
-
-
-class TaskFailure(Exception):
-    """An attempt failed; `message` is what the result's `error` field says."""
-
-    retryable = False
-
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after = retry_after
-
-
-class Retryable(TaskFailure):
-    retryable = True
-
-
-class Permanent(TaskFailure):
-    retryable = False
-
-
-class RunCancelled(Permanent):
-    def __init__(self) -> None:
-        super().__init__("run cancelled")
+from kubeagents_runtime.errors import Permanent, Retryable, TaskFailure
 
 
 def _retry_after(headers: object) -> float | None:

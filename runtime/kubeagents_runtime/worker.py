@@ -40,7 +40,8 @@ from kubeagents.logs import log_event
 from kubeagents.redis_link import RedisLink
 from kubeagents.tasks import GROUP, MessageField, QueueKeys, as_fields, as_text, parse_input
 from kubeagents_runtime.agent_loop import AgentLoop
-from kubeagents_runtime.failures import Permanent, TaskFailure, classify
+from kubeagents_runtime.errors import Permanent, TaskFailure
+from kubeagents_runtime.failures import classify
 from kubeagents_runtime.metrics import RuntimeMetrics
 from kubeagents_runtime.settings import RuntimeSettings
 from kubeagents_runtime.task_store import TaskStore

@@ -17,10 +17,10 @@ from kubeagents.cli import is_positional
 from kubeagents.commands import (
     COMMAND_GROUPS,
     ENTRY_POINT_GROUP,
-    CommandRegistrationError,
     discover,
     load_command,
 )
+from kubeagents.errors import CommandRegistrationError
 
 KUBEAGENTS = Path(sys.executable).parent / "kubeagents"
 COMMANDS = discover()

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from harness.processes import ManagedProcess, log_records
+from kubeagents.errors import InvalidLogLevel
 from kubeagents.logs import (
-    InvalidLogLevel,
     JsonLines,
     configure_logging,
     configured_level,

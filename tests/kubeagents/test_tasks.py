@@ -11,11 +11,11 @@ from typing import Any, TypeVar, cast
 import pytest
 import redis
 
+from kubeagents.errors import InvalidTask
 from kubeagents.redis_link import RedisLink
 from kubeagents.tasks import (
     MAX_INPUT_BYTES,
     RESULT_TTL_SECONDS,
-    InvalidTask,
     MessageField,
     QueueKeys,
     Status,

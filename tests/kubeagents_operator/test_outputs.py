@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kubeagents_operator.outputs import OutputInvalid, extract_json, validated
+from kubeagents_operator.errors import OutputInvalid
+from kubeagents_operator.outputs import extract_json, validated
 
 SCHEMA = {
     "type": "object",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kubeagents_operator.templates import TemplateError, problems, references, render
+from kubeagents_operator.errors import TemplateError
+from kubeagents_operator.templates import problems, references, render
 
 PROMPT = (
     "Write {{ .steps.outline.data.sections }} on {{ .input.topic }}: {{.steps.critique.output}}"
