@@ -6,6 +6,8 @@
 - `helm`, `kubectl`: the real binaries from the tools folder.
 - `fake_anthropic`: the fake Anthropic Messages API as a separate process, reset per test.
 - `start_proxies`: start `kubeagents proxy` processes in front of the fake (stopped after the test).
+- `start_runtimes`: start `kubeagents runtime` processes next to the directory's `proxy` fixture,
+  with the directory's `runtime_defaults` (stopped after the test).
 - `cluster`: a real Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler,
   kwok nodes) for the session; `namespace`: a fresh namespace in it per test.
 - `real_cluster`: a control plane with a real node that runs the images built here; `product`:
@@ -47,6 +49,7 @@ from harness.redis_servers import (
     start_redis,
     start_redis_cluster,
 )
+from harness.runtime import RuntimeProcess, StartRuntime, start_runtime
 from kubeagents.fake_anthropic import FakeAnthropicControl
 
 T = TypeVar("T")
@@ -289,3 +292,43 @@ def start_proxies(
     yield start
     for proxy in started:
         proxy.stop()
+
+
+@pytest.fixture
+def runtime_defaults() -> dict[str, Any]:
+    """Settings of every runtime `start_runtimes` starts (a test directory may override it)."""
+    return {}
+
+
+@pytest.fixture
+def start_runtimes(
+    tmp_path_factory: pytest.TempPathFactory,
+    proxy: ProxyProcess,
+    redis_url: str,
+    runtime_defaults: dict[str, Any],
+) -> Iterator[StartRuntime]:
+    """Start runtimes (`start(name=..., **settings)`) next to the directory's `proxy`, with
+    `runtime_defaults` under `settings`; all stopped after the test."""
+    started: list[RuntimeProcess] = []
+
+    def start(
+        name: str = "runtime", extra_env: dict[str, str] | None = None, **settings: Any
+    ) -> RuntimeProcess:
+        values: dict[str, Any] = {**runtime_defaults, **settings}
+        started.append(
+            start_or_fail(
+                lambda: start_runtime(
+                    tmp_path_factory.mktemp(name),
+                    proxy_url=values.pop("proxy_url", proxy.url),
+                    redis_url=redis_url,
+                    settings=values,
+                    name=name,
+                    extra_env=extra_env,
+                )
+            )
+        )
+        return started[-1]
+
+    yield start
+    for runtime in started:
+        runtime.stop()

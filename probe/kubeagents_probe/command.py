@@ -14,6 +14,7 @@ from kubeagents_probe.app import create_app
 from kubeagents_probe.metrics import ProbeMetrics
 from kubeagents_probe.probe import Probe
 from kubeagents_probe.proxy_client import ProxyClient
+from kubeagents_probe.runtime_status import RuntimeStatus
 from kubeagents_probe.settings import ProbeSettings
 from kubeagents_probe.shared_verdict import SharedVerdict, check_digest
 
@@ -23,6 +24,12 @@ async def serve(settings: ProbeSettings) -> int:
         settings.proxy_url, settings.proxy_admin_url, timeout_seconds=settings.timeout_seconds
     )
     await client.start()
+    runtime = None
+    if settings.check_mcp:
+        runtime = RuntimeStatus(
+            settings.runtime_status_url, timeout_seconds=settings.timeout_seconds
+        )
+        await runtime.start()
     link = None
     shared = None
     if settings.shared and settings.redis_url:
@@ -38,7 +45,7 @@ async def serve(settings: ProbeSettings) -> int:
             agent=settings.agent,
             digest=check_digest(settings.semantic_check_definition()),
         )
-    probe = Probe(settings, client, ProbeMetrics(), shared)
+    probe = Probe(settings, client, ProbeMetrics(), shared, runtime)
     runner = web.AppRunner(create_app(probe), access_log=None)
     stop = stop_on_signals()
     loop = asyncio.get_running_loop()
@@ -62,6 +69,8 @@ async def serve(settings: ProbeSettings) -> int:
             await checks
         await runner.cleanup()
         await client.close()
+        if runtime is not None:
+            await runtime.close()
         if link is not None:
             await link.aclose()
     return 0

@@ -4,8 +4,8 @@ Two loops, neither driven by the kubelet (polling `/readyz` never triggers a che
 
 - the **path checks**, every `path_interval_seconds` in each pod, free of token cost: `proxy`
   (the proxy's `/readyz`), `key` (`count_tokens` through the proxy: the provider accepts the
-  key), `budget` (the proxy's budget endpoint: nothing exhausted), `mcp:<name>` (each MCP server
-  answers `list_tools`);
+  key), `budget` (the proxy's budget endpoint: nothing exhausted), `mcp` (the runtime reports
+  every MCP server up on its `/status`; see runtime_status);
 - the **semantic check**, once per `interval_seconds`: the validator call through the proxy,
   judged by the expectation. Shared (default): once per interval per agent, by whichever pod
   claims it in Redis; every pod adopts the published verdict (see shared_verdict). Not shared:
@@ -28,11 +28,11 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from kubeagents.mcp_client import McpServer, McpUnavailable, check_tools
 from kubeagents_probe.errors import CheckFailed
 from kubeagents_probe.expectations import Expectation, excerpt
 from kubeagents_probe.metrics import ProbeMetrics
 from kubeagents_probe.proxy_client import ProxyClient
+from kubeagents_probe.runtime_status import RuntimeStatus
 from kubeagents_probe.settings import ProbeSettings
 from kubeagents_probe.shared_verdict import SharedVerdict, Verdict
 from kubeagents_probe.verdicts import CheckResult, CheckState, Thresholds
@@ -58,6 +58,7 @@ class Probe:
         client: ProxyClient,
         metrics: ProbeMetrics,
         shared: SharedVerdict | None,
+        runtime: RuntimeStatus | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
@@ -71,8 +72,8 @@ class Probe:
             self.path_checks["key"] = self._check_key
         if settings.check_budget:
             self.path_checks["budget"] = self._check_budget
-        for server in settings.mcp_servers:
-            self.path_checks[f"mcp:{server.name}"] = self._mcp_check(server)
+        if runtime is not None:
+            self.path_checks["mcp"] = runtime.check_mcp
         self.states: dict[str, CheckState] = {
             name: CheckState() for name in (SEMANTIC, *self.path_checks)
         }
@@ -218,15 +219,6 @@ class Probe:
                     f"{state.get('used')} and reserved {state.get('reserved')} of {limit} in "
                     f"the last 24h; free again in {state.get('seconds_until_free')}s",
                 )
-
-    def _mcp_check(self, server: McpServer) -> Callable[[], Awaitable[None]]:
-        async def check() -> None:
-            try:
-                await check_tools(server)  # over HTTP without the MCP SDK: RSS stays low
-            except McpUnavailable as error:
-                raise CheckFailed(error.reason, str(error)) from None
-
-        return check
 
     # --- state -------------------------------------------------------------------------------
 

@@ -69,13 +69,13 @@ def _error_message(body: bytes) -> str:
         return body[:200].decode(errors="replace")
 
 
-class ProxyClient:
-    """One HTTP session to the pod's proxy (API and admin port)."""
+class LoopbackClient:
+    """One HTTP session to a process of the pod, each request bounded by `timeout_seconds`;
+    a connection failure is `CheckFailed(unreachable, …)`."""
 
-    def __init__(self, api_url: str, admin_url: str, *, timeout_seconds: float) -> None:
-        self.api_url = api_url
-        self.admin_url = admin_url
+    def __init__(self, *, timeout_seconds: float, unreachable: str) -> None:
         self.timeout_seconds = timeout_seconds
+        self.unreachable = unreachable
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -87,6 +87,31 @@ class ProxyClient:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+    async def _request(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, bytes]:
+        assert self._session is not None, f"{type(self).__name__}.start() was not awaited"
+        try:
+            async with self._session.request(method, url, data=body, headers=headers) as response:
+                return response.status, await response.read()
+        except TimeoutError:
+            raise CheckFailed(
+                "timeout", f"{url} did not answer within {self.timeout_seconds:g}s"
+            ) from None
+        except aiohttp.ClientConnectionError as error:
+            raise CheckFailed(self.unreachable, f"{url}: {error}") from None
+        except (aiohttp.ClientError, asyncio.IncompleteReadError) as error:
+            raise CheckFailed(self.unreachable, f"{url}: {error!r}") from None
+
+
+class ProxyClient(LoopbackClient):
+    """One HTTP session to the pod's proxy (API and admin port)."""
+
+    def __init__(self, api_url: str, admin_url: str, *, timeout_seconds: float) -> None:
+        super().__init__(timeout_seconds=timeout_seconds, unreachable="proxy_unreachable")
+        self.api_url = api_url
+        self.admin_url = admin_url
 
     async def ask(self, *, model: str, system: str, prompt: str, max_tokens: int) -> Reply:
         """One validator (or grading) call through the proxy, temperature 0."""
@@ -151,25 +176,12 @@ class ProxyClient:
     async def _call(
         self, method: str, url: str, body: dict[str, Any] | None = None
     ) -> tuple[int, bytes]:
-        assert self._session is not None, "ProxyClient.start() was not awaited"
         headers = {
             "x-api-key": "kubeagents-probe",  # ignored: the proxy holds the real key
             "anthropic-version": ANTHROPIC_VERSION,
             PROBE_CALL_HEADER: "1",
         }
-        try:
-            async with self._session.request(
-                method,
-                url,
-                data=None if body is None else json.dumps(body).encode(),
-                headers={**headers, "content-type": "application/json"} if body else headers,
-            ) as response:
-                return response.status, await response.read()
-        except TimeoutError:
-            raise CheckFailed(
-                "timeout", f"{url} did not answer within {self.timeout_seconds:g}s"
-            ) from None
-        except aiohttp.ClientConnectionError as error:
-            raise CheckFailed("proxy_unreachable", f"{url}: {error}") from None
-        except (aiohttp.ClientError, asyncio.IncompleteReadError) as error:
-            raise CheckFailed("proxy_unreachable", f"{url}: {error!r}") from None
+        if body is None:
+            return await self._request(method, url, None, headers)
+        headers["content-type"] = "application/json"
+        return await self._request(method, url, json.dumps(body).encode(), headers)

@@ -17,7 +17,6 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from kubeagents.agent import AgentSettings, HttpBaseUrl, RedisUrl
-from kubeagents.mcp_client import McpServer
 from kubeagents.redis_link import Endpoint
 
 
@@ -132,9 +131,14 @@ class ProbeSettings(AgentSettings):
     check_budget: bool = Field(
         default=True, description="Check that the agent's budget is not exhausted."
     )
-    mcp_servers: list[McpServer] = Field(
-        default_factory=list,
-        description="JSON list of the agent's MCP servers; each must answer list_tools.",
+    check_mcp: bool = Field(
+        default=False,
+        description="Check that every MCP server of the agent is up, as the runtime reports "
+        "it on runtime_status_url (the chart turns it on when the agent has MCP servers).",
+    )
+    runtime_status_url: HttpBaseUrl = Field(
+        default="http://127.0.0.1:8081/status",
+        description="The pod's runtime status endpoint (GET /status on the runtime's port).",
     )
     history: int = Field(
         default=50, ge=1, le=10_000, description="How many check results /status keeps."
@@ -175,9 +179,6 @@ class ProbeSettings(AgentSettings):
                 f"verdict_ttl_seconds ({self.verdict_ttl_seconds:g}) must be longer than "
                 f"interval_seconds ({self.interval_seconds:g})"
             )
-        names = [server.name for server in self.mcp_servers]
-        if len(set(names)) != len(names):
-            raise ValueError(f"mcp_servers: names must be unique, not {names}")
         return self
 
     @property

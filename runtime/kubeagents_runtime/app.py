@@ -3,6 +3,14 @@
 - `GET /livez`: 200 while the process runs;
 - `GET /readyz`: 200 when Redis answers (the body also shows the probe gate and each MCP
   server); 503 otherwise;
+- `GET /status`: 200 with each configured MCP server's state, as the runtime's keeper sees it
+  (the probe's `mcp` check reads this over loopback):
+  `{"agent", "pod", "mcp_servers": {name: {"up", "reason", "detail", "tools",
+  "protocol_version", "since", "last_failure": {"reason", "detail", "at"} | null}}}`
+  (`reason`/`detail`: why it is down, "" while up; `reason` is "connecting" before the first
+  attempt ended; `tools`: the tools the allow-list lets through and `protocol_version` the
+  negotiated revision, while up; `since`: when the server last went up or down; `at`: when it
+  last failed; both RFC 3339 UTC);
 - `GET /metrics`: Prometheus text;
 - with `task_api` on: `POST /v1/tasks` with `{"input": {"prompt": …}, "id": optional}` → 202
   `{"id", "status"}` (200 with the existing status when the id is known; 400 naming the problem
@@ -12,6 +20,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -23,8 +32,28 @@ from kubeagents.metrics_endpoint import metrics_handler
 from kubeagents.tasks import MAX_INPUT_BYTES, TaskQueue
 from kubeagents_runtime.errors import http_problem
 from kubeagents_runtime.metrics import RuntimeMetrics
-from kubeagents_runtime.toolbox import Toolbox
+from kubeagents_runtime.toolbox import ServerStatus, Toolbox
 from kubeagents_runtime.worker import Worker
+
+
+def _time(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
+
+
+def server_status(status: ServerStatus) -> dict[str, Any]:
+    """One MCP server's entry in `GET /status` (the contract is in the module docstring)."""
+    failure = status.last_failure
+    return {
+        "up": status.up,
+        "reason": status.reason,
+        "detail": status.detail,
+        "tools": status.tools,
+        "protocol_version": status.protocol_version,
+        "since": _time(status.since),
+        "last_failure": None
+        if failure is None
+        else {"reason": failure.reason, "detail": failure.detail, "at": _time(failure.at)},
+    }
 
 
 def create_app(
@@ -49,6 +78,16 @@ def create_app(
             "mcp_servers": mcp,
         }
         return web.json_response(body, status=200 if body["ready"] else 503)
+
+    async def status(request: web.Request) -> web.Response:
+        servers = toolbox.status()
+        return web.json_response(
+            {
+                "agent": worker.settings.agent,
+                "pod": worker.settings.pod_name,
+                "mcp_servers": {name: server_status(state) for name, state in servers.items()},
+            }
+        )
 
     async def refresh_mcp_gauges() -> None:
         for name, status in toolbox.status().items():
@@ -88,6 +127,7 @@ def create_app(
     )
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/status", status)
     app.router.add_get("/metrics", metrics_handler(metrics.registry, refresh=refresh_mcp_gauges))
     if task_api:
         app.router.add_post("/v1/tasks", submit)

@@ -38,7 +38,11 @@ async def serve(settings: RuntimeSettings) -> int:
     reader.command_timeout = 5.0 + 1.0  # its reads block for up to a second
     metrics = RuntimeMetrics()
     tracer = build_tracer("kubeagents-runtime", TRACER_NAME)
-    toolbox = Toolbox(settings.mcp_servers, tool_timeout_seconds=settings.tool_timeout_seconds)
+    toolbox = Toolbox(
+        settings.mcp_servers,
+        tool_timeout_seconds=settings.tool_timeout_seconds,
+        check_seconds=settings.mcp_check_seconds,
+    )
     client = anthropic.AsyncAnthropic(
         base_url=settings.proxy_url,
         api_key="kubeagents-runtime",  # ignored: the proxy holds the real key

@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from kubeagents.agent import AgentSettings, HttpBaseUrl, RedisUrl
-from kubeagents.mcp_client import McpServer
+from kubeagents.mcp import McpServer
 
 
 class RuntimeSettings(AgentSettings):
@@ -30,6 +30,12 @@ class RuntimeSettings(AgentSettings):
     max_tokens: int = Field(default=4096, ge=1, description="max_tokens of every model request.")
     mcp_servers: list[McpServer] = Field(
         default_factory=list, description="JSON list of the agent's MCP servers."
+    )
+    mcp_check_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often each connected MCP server's tools are listed again (a server "
+        "that stops answering is reported down on /status and reconnected).",
     )
     tool_timeout_seconds: float = Field(default=60.0, gt=0, description="Bound of a tool call.")
     max_concurrent_tasks: int = Field(default=4, ge=1, description="Tasks run at once per pod.")

@@ -1,10 +1,12 @@
 """`Toolbox`: the tools of the agent's MCP servers, kept connected, and the calls to them.
 
-Each server has a keeper task that opens a session (`kubeagents.mcp_client.open_session`), keeps
-it while it works and reconnects with backoff when it breaks (the SDK's sessions must be closed
-by the task that opened them, hence one task per server). A server that is down contributes no
+Each server has a keeper task that opens a session (`kubeagents.mcp.open_session`), keeps it
+while it works — listing the tools again every `check_seconds`, which shows that the server
+still answers — and reconnects with backoff when it breaks (the SDK's sessions must be closed by
+the task that opened them, hence one task per server). A server that is down contributes no
 tools — the model sees only what can run — and is reported in `status()` (the runtime's
-`/readyz` body and the `kubeagents_runtime_mcp_server_up` metric).
+`/status` and `/readyz` bodies, which the probe's `mcp` check reads, and the
+`kubeagents_runtime_mcp_server_up` metric).
 
 Tool names are the servers' own; when two servers offer the same name, the later one's tool is
 exposed as `<server>__<tool>`.
@@ -15,27 +17,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubeagents.backoff import Backoff
-from kubeagents.mcp_client import McpServer, McpSession, McpUnavailable, ToolResult, open_session
+from kubeagents.mcp import McpServer, McpSession, McpUnavailable, ToolResult, open_session
 
 log = logging.getLogger("kubeagents.runtime")
 RECONNECT_BACKOFF = Backoff(base=0.5, cap=30.0)
+CHECK_SECONDS = 10.0  # how often a connected server's tools are listed again
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The last time a server could not be used."""
+
+    reason: str  # McpUnavailable.reason
+    detail: str
+    at: float  # time.time()
 
 
 @dataclass(frozen=True)
 class ServerStatus:
     up: bool
-    reason: str = ""  # McpUnavailable.reason while down
+    reason: str = ""  # McpUnavailable.reason while down ("connecting" before the first try)
     detail: str = ""
+    tools: int = 0  # tools the allow-list lets through, while up
+    protocol_version: str = ""  # the revision the SDK negotiated, while up
+    since: float = field(default_factory=time.time)  # when this state (up or down) began
+    last_failure: Failure | None = None
 
 
 class Toolbox:
-    def __init__(self, servers: list[McpServer], *, tool_timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        servers: list[McpServer],
+        *,
+        tool_timeout_seconds: float,
+        check_seconds: float = CHECK_SECONDS,
+    ) -> None:
         self.servers = servers
         self.tool_timeout_seconds = tool_timeout_seconds
+        self.check_seconds = check_seconds
         self._sessions: dict[str, McpSession] = {}
         self._status: dict[str, ServerStatus] = {
             server.name: ServerStatus(False, "connecting") for server in servers
@@ -103,11 +127,11 @@ class Toolbox:
             try:
                 async with open_session(server) as session:
                     self._sessions[server.name] = session
-                    self._set(server.name, ServerStatus(True))
+                    self._set(server.name, True, tools=len(session.tools))
                     attempt = 0
-                    await self._closing.wait()
+                    await self._watch(session)
             except McpUnavailable as error:
-                self._set(server.name, ServerStatus(False, error.reason, str(error)))
+                self._set(server.name, False, error.reason, str(error))
                 log.warning("MCP server %s unavailable: %s", server.name, error)
             finally:
                 self._sessions.pop(server.name, None)
@@ -116,6 +140,27 @@ class Toolbox:
             await asyncio.sleep(RECONNECT_BACKOFF.delay(attempt))
             attempt += 1
 
-    def _set(self, name: str, status: ServerStatus) -> None:
-        self._status[name] = status
+    async def _watch(self, session: McpSession) -> None:
+        """Until closing, list the tools again every `check_seconds`; raises McpUnavailable
+        when the server stops answering (the keeper then reconnects)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.check_seconds):
+                    await self._closing.wait()
+                    return
+            tools = await session.refresh_tools()
+            if len(tools) != self._status[session.server.name].tools:
+                self._set(session.server.name, True, tools=len(tools))
+
+    def _set(
+        self, name: str, up: bool, reason: str = "", detail: str = "", *, tools: int = 0
+    ) -> None:
+        previous = self._status[name]
+        failure = previous.last_failure
+        if not up:
+            failure = Failure(reason, detail, time.time())
+        since = previous.since if previous.up == up else time.time()
+        session = self._sessions.get(name) if up else None
+        protocol = session.protocol_version if session is not None else ""
+        self._status[name] = ServerStatus(up, reason, detail, tools, protocol, since, failure)
         self._changed.set()

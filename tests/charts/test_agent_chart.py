@@ -645,7 +645,8 @@ def test_every_rendered_env_is_valid_configuration_of_the_real_processes(
     assert proxy.redis_url == runtime.redis_url == probe.redis_url == task.redis_url
     assert proxy.redis_cluster == runtime.redis_cluster == probe.redis_cluster == task.redis_cluster
     assert runtime.pod_name == probe.pod_name == POD_NAME
-    assert runtime.mcp_servers == probe.mcp_servers or probe.mcp_servers == []
+    assert probe.runtime_status_url == f"http://127.0.0.1:{runtime.port}/status"
+    assert probe.check_mcp == bool(runtime.mcp_servers)
     assert probe.model in proxy.allowed_models
     assert runtime.model in proxy.allowed_models
     assert proxy.api_key_file is not None
@@ -773,7 +774,7 @@ ROUND_TRIP: dict[str, list[tuple[str, str]]] = {
 }  # fmt: skip
 # values under the pass-through groups that are not one field, and where they are checked
 NOT_ONE_FIELD = {
-    "probe.checkMcpServers": "test_mcp_servers_become_the_json_list_of_runtime_and_probe",
+    "probe.checkMcpServers": "test_mcp_servers_become_the_json_list_of_the_runtime",
 }
 CLASS_OF: dict[str, type[BaseSettings]] = {
     "proxy": ProxySettings,
@@ -861,12 +862,15 @@ def test_chart_defaults_are_the_processes_defaults(helm_chart: Helm) -> None:
     assert not differing, differing
 
 
-def test_mcp_servers_become_the_json_list_of_runtime_and_probe(helm_chart: Helm) -> None:
+def test_mcp_servers_become_the_json_list_of_the_runtime(helm_chart: Helm) -> None:
+    """The runtime gets the servers; the probe only checks them through the runtime's /status."""
     docs = helm_chart.template(merged(BASE, {"mcpServers": DISTINCT["mcpServers"]}))
     by_name = containers(docs)
     runtime_list = json.loads(plain_env(by_name["runtime"])["KUBEAGENTS_RUNTIME_MCP_SERVERS"])
-    probe_list = json.loads(plain_env(by_name["probe"])["KUBEAGENTS_PROBE_MCP_SERVERS"])
-    assert runtime_list == probe_list
+    probe_env = plain_env(by_name["probe"])
+    assert "KUBEAGENTS_PROBE_MCP_SERVERS" not in probe_env
+    assert probe_env["KUBEAGENTS_PROBE_CHECK_MCP"] == "true"
+    assert probe_env["KUBEAGENTS_PROBE_RUNTIME_STATUS_URL"] == "http://127.0.0.1:8081/status"
     assert runtime_list == [
         {"name": "files", "transport": "stdio", "command": ["files-mcp", "--stdio"],
          "env": {"ROOT": "/data"}},
@@ -875,24 +879,25 @@ def test_mcp_servers_become_the_json_list_of_runtime_and_probe(helm_chart: Helm)
          "headerFiles": {"Authorization": "/etc/kubeagents/mcp/search/authorization"},
          "tools": ["search"], "timeoutSeconds": 4},
     ]  # fmt: skip
-    # the header's Secret is mounted where headerFiles points, in the runtime and the probe only
+    # the header's Secret is mounted where headerFiles points, not into the proxy
     [volume] = [v for v in pod_spec(docs)["volumes"] if v["name"] == "mcp-search"]
     assert volume["projected"]["sources"] == [
         {"secret": {"name": "search-token", "items": [{"key": "auth", "path": "authorization"}]}}
     ]
-    for name, container in by_name.items():
-        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-        if name == "proxy":
-            assert "mcp-search" not in mounts
-        else:
-            assert mounts["mcp-search"] == "/etc/kubeagents/mcp/search"
+    mounts = {m["name"]: m["mountPath"] for m in by_name["runtime"]["volumeMounts"]}
+    assert mounts["mcp-search"] == "/etc/kubeagents/mcp/search"
+    assert "mcp-search" not in {m["name"] for m in by_name["proxy"]["volumeMounts"]}
 
     unchecked = merged(BASE, {"mcpServers": DISTINCT["mcpServers"]},
                        {"probe": {"checkMcpServers": False}})  # fmt: skip
     by_name = containers(helm_chart.template(unchecked))
-    assert plain_env(by_name["probe"])["KUBEAGENTS_PROBE_MCP_SERVERS"] == "[]"
+    assert plain_env(by_name["probe"])["KUBEAGENTS_PROBE_CHECK_MCP"] == "false"
     assert "mcp-search" not in {m["name"] for m in by_name["probe"]["volumeMounts"]}
     assert json.loads(plain_env(by_name["runtime"])["KUBEAGENTS_RUNTIME_MCP_SERVERS"])
+
+    # without MCP servers there is nothing to check
+    by_name = containers(helm_chart.template(BASE))
+    assert plain_env(by_name["probe"])["KUBEAGENTS_PROBE_CHECK_MCP"] == "false"
 
 
 def test_an_mcp_server_turned_off_is_left_out_everywhere(helm_chart: Helm) -> None:
@@ -904,7 +909,6 @@ def test_an_mcp_server_turned_off_is_left_out_everywhere(helm_chart: Helm) -> No
     by_name = containers(docs)
     runtime_list = json.loads(plain_env(by_name["runtime"])["KUBEAGENTS_RUNTIME_MCP_SERVERS"])
     assert [server["name"] for server in runtime_list] == ["files"]
-    assert json.loads(plain_env(by_name["probe"])["KUBEAGENTS_PROBE_MCP_SERVERS"]) == runtime_list
     assert all(v["name"] != "mcp-search" for v in pod_spec(docs)["volumes"])
     assert "enabled" not in json.dumps(runtime_list)
 

@@ -42,11 +42,14 @@ def start_mcp_server(
     require_header: str | None = None,
     extra_env: Mapping[str, str] | None = None,
     port: int = 0,
+    no_handshake: bool = False,
 ) -> McpServerProcess:
     """Start the tool server over HTTP on a free loopback port (or on `port`).
 
     `require_header` ("NAME=VALUE") makes it refuse requests without that header with 401;
-    `extra_env` is added to its environment (e.g. `MCP_TOOL_LOG` to count `record` calls).
+    `extra_env` is added to its environment (e.g. `MCP_TOOL_LOG` to count `record` calls);
+    `no_handshake` makes it refuse `initialize`: it then speaks only the handshake-free protocol
+    revisions.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, str(TOOL_SERVER), "http", "--port", str(port)]
@@ -54,6 +57,8 @@ def start_mcp_server(
         if "=" not in require_header:
             raise HarnessError(f"require_header takes NAME=VALUE, got {require_header!r}")
         argv += ["--require-header", require_header]
+    if no_handshake:
+        argv.append("--no-handshake")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     process = ManagedProcess(f"mcp-server:{name}", argv, workdir / f"{name}.log", env=env)
     try:

@@ -1,12 +1,16 @@
 """A real MCP tool server for tests, built on the mcp SDK's `MCPServer`.
 
     python tests/harness/mcp_tool_server.py http [--port N] [--require-header NAME=VALUE]
+        [--no-handshake]
     python tests/harness/mcp_tool_server.py stdio
 
 `http` serves streamable HTTP at http://127.0.0.1:PORT/mcp (`--port 0`, the default, takes a free
 port) and prints `kubeagents test mcp server listening on http://127.0.0.1:PORT/mcp` once it
 accepts connections. With `--require-header`, an HTTP request without that header value is
-refused with 401 before it reaches the MCP app. `stdio` speaks MCP over stdin/stdout.
+refused with 401 before it reaches the MCP app. With `--no-handshake`, an `initialize` request
+is refused (400, a JSON-RPC error), so the server speaks only the handshake-free revisions
+(2026-07-28), which a client that knows only the initialize handshake cannot use. `stdio` speaks
+MCP over stdin/stdout.
 
 The tools are deterministic, for tests of MCP clients and of an agent's tool-use loop:
 `add`, `echo`, `lookup` (a tool error for an unknown key), `slow` (sleeps, for timeouts) and
@@ -16,6 +20,7 @@ The tools are deterministic, for tests of MCP clients and of an agent's tool-use
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import sys
@@ -26,7 +31,7 @@ import uvicorn
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from starlette.responses import PlainTextResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LISTENING = "kubeagents test mcp server listening on {url}"
 LOOKUP_TABLE = {"alpha": "first", "beta": "second", "gamma": "third"}
@@ -85,6 +90,47 @@ class RequireHeader:
         await self.app(scope, receive, send)
 
 
+class RefuseHandshake:
+    """ASGI middleware: refuse a POSTed JSON-RPC `initialize` (400, JSON-RPC error), as a server
+    would that speaks only the handshake-free protocol revisions."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        try:
+            request = json.loads(body)
+        except ValueError:
+            request = None
+        if isinstance(request, dict) and request.get("method") == "initialize":
+            error = {"code": -32602, "message": "Unsupported protocol version: use server/discover"}
+            answer = {"jsonrpc": "2.0", "id": request.get("id"), "error": error}
+            response = PlainTextResponse(
+                json.dumps(answer), status_code=400, media_type="application/json"
+            )
+            await response(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
 class _AnnouncingServer(uvicorn.Server):
     """uvicorn, printing the project's "listening on" line once the socket accepts."""
 
@@ -98,8 +144,12 @@ class _AnnouncingServer(uvicorn.Server):
             print(LISTENING.format(url=self.url), flush=True)
 
 
-def serve_http(server: MCPServer[Any], port: int, require_header: str | None) -> None:
+def serve_http(
+    server: MCPServer[Any], port: int, require_header: str | None, *, no_handshake: bool = False
+) -> None:
     app: ASGIApp = server.streamable_http_app(host="127.0.0.1")
+    if no_handshake:
+        app = RefuseHandshake(app)
     if require_header is not None:
         name, _, value = require_header.partition("=")
         app = RequireHeader(app, name, value)
@@ -120,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="refuse HTTP requests without this header value (401)",
     )
+    parser.add_argument(
+        "--no-handshake",
+        action="store_true",
+        help="refuse initialize: speak only the handshake-free revisions (HTTP)",
+    )
     args = parser.parse_args(argv)
     if args.require_header is not None and "=" not in args.require_header:
         parser.error("--require-header takes NAME=VALUE")
@@ -127,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.transport == "stdio":
         server.run("stdio")
     else:
-        serve_http(server, args.port, args.require_header)
+        serve_http(server, args.port, args.require_header, no_handshake=args.no_handshake)
     return 0
 
 

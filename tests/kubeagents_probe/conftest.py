@@ -61,3 +61,10 @@ def start_probes(
     yield start
     for probe in started:
         probe.stop()
+
+
+@pytest.fixture
+def runtime_defaults() -> dict[str, Any]:
+    """`start_runtimes` (tests/conftest.py) starts runtimes whose `/status` the probe's `mcp`
+    check reads; they list their MCP servers' tools every 0.3 s, so a dead server shows soon."""
+    return {"mcp_check_seconds": 0.3}

@@ -17,6 +17,7 @@ from harness.probe import KUBEAGENTS, ProbeProcess, StartProbe
 from harness.processes import ManagedProcess, free_port, settings_env, wait_for
 from harness.proxy import ProxyProcess, StartProxy, sdk
 from harness.redis_servers import start_redis
+from harness.runtime import StartRuntime
 from kubeagents.fake_anthropic import FakeAnthropicControl, RecordedRequest, Reply
 
 VALIDATOR_PROMPT = "Reply with exactly the word READY and nothing else."
@@ -229,8 +230,42 @@ def test_an_exhausted_budget_makes_the_pod_not_ready(
     assert "tokens budget of agent research exhausted" in detail
 
 
+# --- the MCP check: the runtime's view of its servers -----------------------------------------
+
+
+def test_mcp_servers_up_then_one_dying_makes_the_pod_not_ready_naming_it(
+    tmp_path: Path, start_probes: StartProbe, start_runtimes: StartRuntime
+) -> None:
+    """Both servers up (one of them speaks only the handshake-free revision, which the probe's
+    former hand-written client refused) -> ready; one dies -> NotReady, naming it and why."""
+    tools = start_mcp_server(tmp_path / "tools")
+    modern = start_mcp_server(tmp_path / "modern", name="modern", no_handshake=True)
+    try:
+        runtime = start_runtimes(
+            mcp_servers=[
+                {"name": "tools", "transport": "http", "url": tools.url},
+                {"name": "modern", "transport": "http", "url": modern.url, "timeoutSeconds": 2},
+            ]
+        )
+        probe = start_probes(
+            check_mcp=True, runtime_status_url=f"{runtime.url}/status", failure_threshold=1
+        )
+        body = wait_ready(probe)
+        assert body["checks"]["mcp"]["passing"] is True
+        assert set(body["checks"]) == {"semantic", "proxy", "key", "budget", "mcp"}
+
+        modern.process.kill()
+        body = wait_failing(probe, {"mcp": "mcp_server_down"}, exactly=True)
+        [failure] = body["failing"]
+        assert failure["detail"].startswith("modern: ")
+        assert re.match(r"modern: (unreachable|disconnected) \(", failure["detail"])
+    finally:
+        modern.stop()
+        tools.stop()
+
+
 def test_one_of_two_mcp_servers_down_makes_the_pod_not_ready(
-    tmp_path: Path, start_probes: StartProbe
+    tmp_path: Path, start_probes: StartProbe, start_runtimes: StartRuntime
 ) -> None:
     server = start_mcp_server(tmp_path / "mcp")
     try:
@@ -238,12 +273,30 @@ def test_one_of_two_mcp_servers_down_makes_the_pod_not_ready(
             {"name": "tools", "transport": "http", "url": server.url},
             {"name": "search", "transport": "http", "url": f"http://127.0.0.1:{free_port()}/mcp"},
         ]
-        probe = start_probes(mcp_servers=servers)
-        body = wait_failing(probe, {"mcp:search": "unreachable"}, exactly=True)
-        assert body["checks"]["mcp:tools"]["passing"] is True
+        runtime = start_runtimes(mcp_servers=servers)
+        probe = start_probes(check_mcp=True, runtime_status_url=f"{runtime.url}/status")
+        body = wait_failing(probe, {"mcp": "mcp_server_down"}, exactly=True)
+        detail = body["failing"][0]["detail"]
+        assert detail.startswith("search: unreachable (MCP server 'search' unavailable")
         assert body["checks"]["semantic"]["passing"] is True
     finally:
         server.stop()
+
+
+def test_a_runtime_that_does_not_answer_makes_the_mcp_check_fail_with_the_reason(
+    start_probes: StartProbe,
+) -> None:
+    status_url = f"http://127.0.0.1:{free_port()}/status"
+    probe = start_probes(check_mcp=True, runtime_status_url=status_url)
+    body = wait_failing(probe, {"mcp": "runtime_unreachable"}, exactly=True)
+    assert body["failing"][0]["detail"].startswith(status_url)
+
+
+def test_without_check_mcp_the_probe_neither_checks_nor_needs_a_runtime(
+    start_probes: StartProbe,
+) -> None:
+    probe = start_probes(runtime_status_url=f"http://127.0.0.1:{free_port()}/status")
+    assert "mcp" not in wait_ready(probe)["checks"]
 
 
 # --- cost bound ------------------------------------------------------------------------------

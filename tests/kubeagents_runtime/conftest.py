@@ -12,7 +12,6 @@ import pytest
 from harness.mcp_servers import McpServerProcess, start_mcp_server
 from harness.processes import HarnessError
 from harness.proxy import ProxyProcess, StartProxy
-from harness.runtime import RuntimeProcess, StartRuntime, start_runtime
 
 
 @pytest.fixture
@@ -44,39 +43,11 @@ def proxy(start_proxies: StartProxy, redis_url: str) -> ProxyProcess:
 
 
 @pytest.fixture
-def start_runtimes(
-    tmp_path_factory: pytest.TempPathFactory,
-    proxy: ProxyProcess,
-    redis_url: str,
-    mcp_server: McpServerProcess,
-) -> Iterator[StartRuntime]:
-    """Start runtimes (`start(name=..., **settings)`) with the MCP server `tools`; stopped after
-    the test."""
-    started: list[RuntimeProcess] = []
-
-    def start(
-        name: str = "runtime", extra_env: dict[str, str] | None = None, **settings: Any
-    ) -> RuntimeProcess:
-        values: dict[str, Any] = {
-            "mcp_servers": [{"name": "tools", "transport": "http", "url": mcp_server.url}],
-            "backoff_base_seconds": 0.1,
-            "backoff_max_seconds": 0.5,
-            **settings,
-        }
-        try:
-            runtime = start_runtime(
-                tmp_path_factory.mktemp(name),
-                proxy_url=values.pop("proxy_url", proxy.url),
-                redis_url=redis_url,
-                settings=values,
-                name=name,
-                extra_env=extra_env,
-            )
-        except HarnessError as error:
-            pytest.fail(f"the runtime did not start: {error}", pytrace=False)
-        started.append(runtime)
-        return runtime
-
-    yield start
-    for runtime in started:
-        runtime.stop()
+def runtime_defaults(mcp_server: McpServerProcess) -> dict[str, Any]:
+    """`start_runtimes` (tests/conftest.py) starts runtimes with the MCP server `tools` and short
+    retry delays."""
+    return {
+        "mcp_servers": [{"name": "tools", "transport": "http", "url": mcp_server.url}],
+        "backoff_base_seconds": 0.1,
+        "backoff_max_seconds": 0.5,
+    }

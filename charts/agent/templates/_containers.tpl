@@ -121,7 +121,8 @@ The semantic probe: its calls go through the proxy on loopback; it holds no key.
   (print $p "PATH_INTERVAL_SECONDS") .Values.probe.pathIntervalSeconds
   (print $p "CHECK_KEY") .Values.probe.checkKey
   (print $p "CHECK_BUDGET") .Values.probe.checkBudget
-  (print $p "MCP_SERVERS") (ternary (include "agent.mcpServers" .) "[]" .Values.probe.checkMcpServers)
+  (print $p "CHECK_MCP") (and .Values.probe.checkMcpServers (ne (include "agent.mcpServers" .) "[]"))
+  (print $p "RUNTIME_STATUS_URL") (printf "http://127.0.0.1:%s/status" (include "agent.port.runtime" .))
   (print $p "HISTORY") .Values.probe.history
 -}}
 - name: probe

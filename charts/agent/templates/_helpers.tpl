@@ -166,7 +166,7 @@ The runtime's shutdown grace: runtime.shutdownGraceSeconds, else the task timeou
 {{- end }}
 
 {{/*
-The MCP servers as the JSON list KUBEAGENTS_*_MCP_SERVERS take (kubeagents/mcp_client.py).
+The MCP servers as the JSON list KUBEAGENTS_*_MCP_SERVERS take (kubeagents/mcp/config.py).
 A header from a Secret (headerSecrets) becomes a headerFiles entry pointing at its mounted file.
 */}}
 {{/*

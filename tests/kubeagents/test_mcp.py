@@ -1,32 +1,30 @@
-"""kubeagents.mcp_client against a real MCP tool server, over streamable HTTP and over stdio."""
+"""kubeagents.mcp (config, session, errors) against a real MCP tool server, over streamable HTTP
+and over stdio."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import uvloop
-from aiohttp import web
 from pydantic import ValidationError
 
 from harness.mcp_servers import TOOL_NAMES, McpServerProcess, start_mcp_server, stdio_command
 from harness.processes import HarnessError, free_port, wait_for
-from kubeagents.mcp_client import (
+from kubeagents.mcp import (
     McpServer,
     McpUnavailable,
     ToolInfo,
     ToolResult,
-    check_tools,
     list_tools,
     open_session,
 )
@@ -99,24 +97,6 @@ def silent_endpoint() -> Iterator[str]:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         yield f"http://127.0.0.1:{silent.getsockname()[1]}/mcp"
-
-
-@contextlib.asynccontextmanager
-async def http_endpoint(
-    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-) -> AsyncIterator[str]:
-    """An aiohttp server on a free loopback port, in the running loop, answering /mcp."""
-    app = web.Application()
-    app.router.add_route("*", "/mcp", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        yield f"http://{host}:{port}/mcp"
-    finally:
-        await runner.cleanup()
 
 
 # --- listing ---------------------------------------------------------------------------------
@@ -401,314 +381,6 @@ def test_a_missing_or_empty_header_file_is_reported(
     assert str(token_file) in str(error.value)
 
 
-# --- check_tools: the light health check, without the SDK ------------------------------------
-
-
-class ScriptedMcp:
-    """A hand-written streamable HTTP MCP endpoint that records the requests it receives.
-
-    Tools come in `pages` (nextCursor "1", "2", ...). Answers are JSON, or with `sse=True` event
-    streams that carry noise before the answer (a comment, a priming event, a notification, a
-    server request reusing the client's id), then the answer over many data lines, split across
-    writes (even between the CR and LF that end a line). `fail` answers that
-    method with a JSON-RPC error; `truncate` ends that method's event stream before the answer.
-    """
-
-    def __init__(
-        self,
-        *,
-        pages: list[list[str]],
-        session_id: str | None = "session-42",
-        version: str = "2025-06-18",
-        sse: bool = False,
-        fail: str | None = None,
-        truncate: str | None = None,
-    ) -> None:
-        self.pages = pages
-        self.session_id = session_id
-        self.version = version
-        self.sse = sse or truncate is not None
-        self.fail = fail
-        self.truncate = truncate
-        self.requests: list[dict[str, Any]] = []
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        message = await request.json() if request.method == "POST" else {}
-        self.requests.append(
-            {
-                "http": request.method,
-                "rpc": message.get("method"),
-                "params": message.get("params"),
-                "session": request.headers.get("mcp-session-id"),
-                "version": request.headers.get("mcp-protocol-version"),
-            }
-        )
-        if request.method == "DELETE":
-            return web.Response()
-        if "id" not in message:
-            return web.Response(status=202)
-        answer = self.answer(message["method"], message["id"], message.get("params") or {})
-        headers = {"mcp-session-id": self.session_id} if self.session_id else {}
-        if not self.sse:
-            return web.json_response(answer, headers=headers)
-        response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        noise = [
-            {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info"}},
-            {"jsonrpc": "2.0", "id": message["id"], "method": "ping"},
-        ]
-        await response.write(b": keep-alive\r\n\r\nid: e-1\r\ndata:\r\n\r\n")
-        for note in noise:
-            await response.write(f"event: message\r\ndata: {json.dumps(note)}\r\n\r".encode())
-            await response.write(b"\n")
-        if message["method"] != self.truncate:
-            # One data line per line of indented JSON, each CRLF split across two writes.
-            lines = json.dumps(answer, indent=1).encode().splitlines()
-            await response.write(b"event: message\r\n")
-            for line in lines:
-                await response.write(b"data: " + line[:5])
-                await response.write(line[5:] + b"\r")
-                await response.write(b"\n")
-            await response.write(b"\r\n")
-        await response.write_eof()
-        return response
-
-    def answer(self, method: str, request_id: int, params: dict[str, Any]) -> dict[str, Any]:
-        if method == self.fail:
-            error = {"code": -32603, "message": "the index is offline"}
-            return {"jsonrpc": "2.0", "id": request_id, "error": error}
-        if method == "initialize":
-            result: dict[str, Any] = {
-                "protocolVersion": self.version,
-                "capabilities": {"tools": {}},
-                "serverInfo": {"name": "scripted", "version": "1"},
-            }
-        else:
-            page = int(params.get("cursor", 0))
-            tools = [{"name": name, "inputSchema": {"type": "object"}} for name in self.pages[page]]
-            result = {"tools": tools}
-            if page + 1 < len(self.pages):
-                result["nextCursor"] = str(page + 1)
-        return {"jsonrpc": "2.0", "id": request_id, "result": result}
-
-
-def check_scripted(scripted: ScriptedMcp, **fields: Any) -> int:
-    async def scenario() -> int:
-        async with http_endpoint(scripted.handle) as url:
-            return await check_tools(
-                McpServer(name="scripted", transport="http", url=url, **fields)
-            )
-
-    return run(scenario)
-
-
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_check_tools_over_http_counts_the_allowed_tools(
-    http_server: McpServerProcess, loop: str
-) -> None:
-    assert run(lambda: check_tools(http_config(http_server)), loop=loop) == len(TOOL_NAMES)
-    allowed = http_config(http_server, tools=["echo", "add", "not-offered"])
-    assert run(lambda: check_tools(allowed), loop=loop) == 2
-
-
-def test_check_tools_follows_a_redirect_within_the_origin(http_server: McpServerProcess) -> None:
-    # The SDK server redirects /mcp/ to /mcp (307); the SDK client follows that, so must the check.
-    slash = McpServer(name="tools", transport="http", url=http_server.url + "/")
-    assert run(lambda: check_tools(slash)) == len(TOOL_NAMES)
-
-
-def test_check_tools_over_stdio_lists_the_tools_with_the_sdk() -> None:
-    assert run(lambda: check_tools(stdio_config(tools=["lookup", "slow"]))) == 2
-
-
-def test_check_tools_speaks_the_protocol_with_session_and_pagination() -> None:
-    scripted = ScriptedMcp(pages=[["add", "echo"], ["lookup"], ["slow", "record"]])
-
-    assert check_scripted(scripted) == 5
-    rpc = [(r["http"], r["rpc"], r["session"], r["version"]) for r in scripted.requests]
-    assert rpc == [
-        ("POST", "initialize", None, None),
-        ("POST", "notifications/initialized", "session-42", "2025-06-18"),
-        ("POST", "tools/list", "session-42", "2025-06-18"),
-        ("POST", "tools/list", "session-42", "2025-06-18"),
-        ("POST", "tools/list", "session-42", "2025-06-18"),
-        ("DELETE", None, "session-42", "2025-06-18"),
-    ]
-    assert scripted.requests[0]["params"]["protocolVersion"] == "2025-06-18"
-    assert [r["params"] for r in scripted.requests[2:5]] == [None, {"cursor": "1"}, {"cursor": "2"}]
-
-    assert check_scripted(scripted, tools=["echo", "record", "not-offered"]) == 2
-
-
-def test_check_tools_reads_event_streams_and_works_without_a_session() -> None:
-    scripted = ScriptedMcp(pages=[["add", "echo"], ["lookup"]], sse=True, session_id=None)
-
-    assert check_scripted(scripted) == 3
-    assert [r["http"] for r in scripted.requests] == ["POST"] * 4  # no session: no DELETE
-    assert all(r["session"] is None for r in scripted.requests)
-
-
-@pytest.mark.parametrize(
-    ("script", "reason", "detail"),
-    [
-        ({"fail": "tools/list"}, "protocol_error", "MCP error -32603: the index is offline"),
-        ({"sse": True, "fail": "tools/list"}, "protocol_error", "the index is offline"),
-        ({"version": "2030-01-01"}, "protocol_error", "protocol version '2030-01-01'"),
-        ({"truncate": "tools/list"}, "disconnected", "ended before the answer to tools/list"),
-    ],
-)
-def test_check_tools_failures_after_initialize_still_end_the_session(
-    script: dict[str, Any], reason: str, detail: str
-) -> None:
-    scripted = ScriptedMcp(pages=[["add"]], **script)
-
-    with pytest.raises(McpUnavailable) as error:
-        check_scripted(scripted)
-    assert error.value.reason == reason
-    assert detail in str(error.value)
-    assert scripted.requests[-1]["http"] == "DELETE"
-    assert scripted.requests[-1]["session"] == "session-42"
-
-
-def test_check_tools_on_a_port_nobody_listens_on_is_unreachable() -> None:
-    config = McpServer(
-        name="down", transport="http", url=f"http://127.0.0.1:{free_port()}/mcp", timeout_seconds=5
-    )
-    begun = time.monotonic()
-    with pytest.raises(McpUnavailable) as error:
-        run(lambda: check_tools(config))
-
-    assert error.value.reason == "unreachable"
-    assert error.value.server_name == "down"
-    assert time.monotonic() - begun < 1.0  # refused, not waited out
-
-
-def test_check_tools_on_a_server_that_never_answers_times_out() -> None:
-    with silent_endpoint() as url:
-        config = McpServer(name="silent", transport="http", url=url, timeout_seconds=0.5)
-        begun = time.monotonic()
-        with pytest.raises(McpUnavailable) as error:
-            run(lambda: check_tools(config))
-        waited = time.monotonic() - begun
-
-    assert error.value.reason == "timeout"
-    assert "no tool list within 0.5s" in str(error.value)
-    assert 0.5 <= waited < 1.2
-
-
-@pytest.mark.parametrize(
-    ("content_type", "body"),
-    [("application/json", '{"hello": 1}'), ("text/html", "<html><body>hello</body></html>")],
-)
-def test_check_tools_on_an_http_endpoint_that_is_not_mcp_is_a_protocol_error(
-    content_type: str, body: str
-) -> None:
-    async def not_mcp(request: web.Request) -> web.Response:
-        return web.Response(text=body, content_type=content_type)
-
-    async def scenario() -> int:
-        async with http_endpoint(not_mcp) as url:
-            return await check_tools(McpServer(name="web", transport="http", url=url))
-
-    with pytest.raises(McpUnavailable) as error:
-        run(scenario)
-    assert error.value.reason == "protocol_error"
-
-
-def test_check_tools_on_a_port_that_does_not_speak_http_is_a_protocol_error() -> None:
-    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n")
-        await writer.drain()
-        await reader.read(65536)
-        writer.close()
-
-    async def scenario() -> int:
-        server = await asyncio.start_server(greet, "127.0.0.1", 0)
-        async with server:
-            port = server.sockets[0].getsockname()[1]
-            config = McpServer(name="ssh", transport="http", url=f"http://127.0.0.1:{port}/mcp")
-            return await check_tools(config)
-
-    with pytest.raises(McpUnavailable) as error:
-        run(scenario)
-    assert error.value.reason == "protocol_error"
-    assert "not an HTTP answer" in str(error.value)
-
-
-def test_check_tools_sends_header_files_and_fixed_headers(
-    guarded_server: McpServerProcess, tmp_path: Path
-) -> None:
-    token_file = tmp_path / "token"
-    config = http_config(guarded_server, header_files={"X-Kubeagents-Token": token_file})
-
-    token_file.write_text(TOKEN + "\n")
-    assert run(lambda: check_tools(config)) == len(TOOL_NAMES)
-
-    token_file.write_text("not-the-token\n")  # read again at every check
-    with pytest.raises(McpUnavailable) as error:
-        run(lambda: check_tools(config))
-    assert error.value.reason == "http_401"
-    assert "not-the-token" not in str(error.value)
-
-    token_file.unlink()
-    with pytest.raises(McpUnavailable) as error:
-        run(lambda: check_tools(config))
-    assert error.value.reason == "header_file"
-    assert str(token_file) in str(error.value)
-
-    with pytest.raises(McpUnavailable) as error:
-        run(lambda: check_tools(http_config(guarded_server)))
-    assert error.value.reason == "http_401"
-
-    fixed = http_config(guarded_server, headers={"x-kubeagents-token": TOKEN})
-    assert run(lambda: check_tools(fixed)) == len(TOOL_NAMES)
-
-
-def test_check_tools_uses_the_proxy_named_by_the_environment(
-    http_server: McpServerProcess, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # nobody listens
-    with pytest.raises(McpUnavailable) as error:
-        run(lambda: check_tools(http_config(http_server)))
-    assert error.value.reason == "unreachable"
-
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    assert run(lambda: check_tools(http_config(http_server))) == len(TOOL_NAMES)
-
-
-def test_check_tools_never_imports_the_sdk(http_server: McpServerProcess) -> None:
-    code = """
-import asyncio, json, resource, sys
-from kubeagents.mcp_client import McpServer, check_tools
-
-server = McpServer(name="tools", transport="http", url=sys.argv[1])
-count = asyncio.run(check_tools(server))
-print(json.dumps({
-    "count": count,
-    "mcp": "mcp" in sys.modules,
-    "httpx2": "httpx2" in sys.modules,
-    "mcp_types": "mcp_types" in sys.modules,
-    "sdk_modules": sorted({m.split(".")[0] for m in sys.modules} & {"mcp", "mcp_types", "httpx2"}),
-    "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-}))
-"""
-    result = subprocess.run(
-        [sys.executable, "-c", code, http_server.url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    report = json.loads(result.stdout)
-    assert report["count"] == len(TOOL_NAMES)
-    assert report["mcp"] is False
-    assert report["httpx2"] is False
-    assert report["mcp_types"] is False
-    assert report["sdk_modules"] == []
-
-
 # --- configuration ---------------------------------------------------------------------------
 
 
@@ -782,9 +454,9 @@ def test_config_errors_name_the_field(fields: dict[str, Any], problem: str) -> N
         McpServer.model_validate({"name": "search", **fields})
 
 
-def test_importing_the_module_does_not_import_the_sdk() -> None:
+def test_importing_the_package_does_not_import_the_sdk() -> None:
     code = (
-        "import sys, kubeagents.mcp_client; "
+        "import sys, kubeagents.mcp; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'mcp', 'mcp_types', 'httpx2'}))"
     )
     result = subprocess.run(
@@ -801,3 +473,44 @@ def test_a_session_cannot_be_used_after_the_block(http_server: McpServerProcess)
             await session.call_tool("echo", {"text": "late"})
 
     run(scenario)
+
+
+# --- protocol revisions and live sessions ------------------------------------------------------
+
+
+def test_a_server_without_the_initialize_handshake_is_usable(tmp_path: Path) -> None:
+    """A server that speaks only the handshake-free revision (it refuses `initialize`, which the
+    probe's former hand-written client needed) works: the SDK negotiates the revision."""
+    server = started(lambda: start_mcp_server(tmp_path, name="modern", no_handshake=True))
+
+    async def scenario() -> tuple[str, list[str], str]:
+        async with open_session(http_config(server)) as session:
+            echoed = await session.call_tool("echo", {"text": "modern"})
+            return session.protocol_version, [t.name for t in session.tools], echoed.text
+
+    try:
+        version, tools, echoed = run(scenario)
+    finally:
+        server.stop()
+    assert version == "2026-07-28"
+    assert sorted(tools) == sorted(TOOL_NAMES)
+    assert echoed == "modern"
+
+
+def test_refresh_tools_lists_again_and_fails_once_the_server_is_gone(tmp_path: Path) -> None:
+    server = started(lambda: start_mcp_server(tmp_path, name="refreshed"))
+
+    async def scenario() -> list[str]:
+        async with open_session(http_config(server, timeout_seconds=3)) as session:
+            names = [tool.name for tool in await session.refresh_tools()]
+            server.process.kill()
+            await session.refresh_tools()
+            return names
+
+    try:
+        with pytest.raises(McpUnavailable) as error:
+            run(scenario)
+    finally:
+        server.stop()
+    assert error.value.server_name == "tools"
+    assert error.value.reason in ("unreachable", "disconnected")
