@@ -94,7 +94,8 @@ class Endpoint:
     def from_url(cls, url: str) -> Endpoint:
         """`redis[s]://[[user]:password@]host[:port][/db]`, or for Sentinel
         `redis[s]+sentinel://[[user]:password@]host[:port][,host[:port]...]/<master>[/db]`
-        (the credentials are the master's; the Sentinels are asked without them)."""
+        (the credentials are the master's; the Sentinels' own password is `sentinel_password` of
+        `RedisLink`)."""
         parts = urlsplit(url)
         if parts.scheme in ("redis+sentinel", "rediss+sentinel"):
             return cls._sentinel_url(
@@ -251,8 +252,17 @@ class RedisLink:
         connect_timeout: float = 2.0,
         command_timeout: float = 5.0,
         on_connect: ConnectionCheck | None = None,
+        sentinel_password: str | None = None,
+        tls_ca_file: str | None = None,
     ) -> None:
         self.seed = Endpoint.from_url(url)
+        self.sentinel_password = sentinel_password
+        self._tls: ssl.SSLContext | None = None
+        if self.seed.tls:
+            # Built once: loading the CAs is the costly part of a TLS connection's set-up.
+            self._tls = ssl.create_default_context(cafile=tls_ca_file)
+        elif tls_ca_file is not None:
+            raise ValueError("a TLS CA file needs a rediss:// URL (TLS); this URL is plain TCP")
         self.on_connect = on_connect
         self.cluster = cluster
         self.slot = key_slot(slot_key.encode())
@@ -358,7 +368,8 @@ class RedisLink:
         """Ask each Sentinel in turn for the master's address; connect there."""
         errors = []
         for host, port in self.seed.sentinels:
-            sentinel = Endpoint(host, port, self.seed.tls)  # Sentinels: no credentials
+            # The Sentinels have their own password (`requirepass` in sentinel.conf), if any.
+            sentinel = Endpoint(host, port, self.seed.tls, password=self.sentinel_password)
             try:
                 connection = await self._open(sentinel)
                 try:
@@ -393,14 +404,13 @@ class RedisLink:
 
     async def _open(self, endpoint: Endpoint) -> _Connection:
         loop = asyncio.get_running_loop()
-        context = ssl.create_default_context() if endpoint.tls else None
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, connection = await loop.create_connection(
                     lambda: _Connection(endpoint, self.command_timeout),
                     endpoint.host,
                     endpoint.port,
-                    ssl=context,
+                    ssl=self._tls if endpoint.tls else None,
                 )
                 await self._log_in(connection)
         except (OSError, TimeoutError) as error:

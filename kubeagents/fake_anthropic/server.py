@@ -89,6 +89,7 @@ class _Api:
         self.api_key = settings.api_key
         self.ids = state.ids
         self.compression = Compression.of_mode(settings.compression)
+        self.crlf_compact = settings.sse_framing == "crlf-compact"
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -342,6 +343,8 @@ class _Api:
             error_type = stream_error.error_type
             message = stream_error.message or default_error_message(error_type)
             events = [*events[:sent], error_event(error_type, message, request_id)]
+        if self.crlf_compact:
+            events = [_crlf_compact(event) for event in events]
         headers = {"content-type": SSE_TYPE, "cache-control": "no-cache", "request-id": request_id}
         coding = self._negotiate(request, headers)
         response = web.StreamResponse(status=200, headers=headers)
@@ -378,6 +381,15 @@ class _Api:
             transport.close()
         # Never sent: aiohttp's attempt to write it fails on the closed transport, quietly.
         return web.Response(status=200)
+
+
+def _crlf_compact(event: bytes) -> bytes:
+    """The same event framed with CRLF and no space after the field's colon."""
+    return (
+        event.replace(b"event: ", b"event:")
+        .replace(b"\ndata: ", b"\ndata:")
+        .replace(b"\n", b"\r\n")
+    )
 
 
 async def _write_events(response: web.StreamResponse, events: list[bytes], delay: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -89,6 +90,12 @@ class FakeAnthropicSettings(BaseSettings):
         description="Compression of /v1/* responses, like a CDN: auto (gzip, or br when "
         "available, when Accept-Encoding allows it), off (never), always (gzip even when the "
         "client did not offer it).",
+    )
+    sse_framing: Literal["lf", "crlf-compact"] = Field(
+        default="lf",
+        description="Framing of streamed events: lf (Anthropic's: LF line ends, `data: ` with a "
+        "space) or crlf-compact (CRLF line ends, `data:` without the space, as other "
+        "spec-compliant servers and gateways may send).",
     )
     access_log: bool = Field(
         default=False, description="Log every request to stderr (off: the hot path stays cheap)."

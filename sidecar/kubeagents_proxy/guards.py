@@ -18,12 +18,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from kubeagents.agent import agent_key
+from kubeagents.redis_link import RedisLink
 from kubeagents_proxy.errors import LedgerDown, RateLimited
 
 AGENT_POLL_SECONDS = 0.05
@@ -76,7 +75,7 @@ class AgentConcurrency:
 
     def __init__(
         self,
-        redis: aioredis.Redis | Any,
+        redis: RedisLink,
         *,
         namespace: str,
         agent: str,
@@ -139,9 +138,7 @@ return {1, 0}
 class RequestRate:
     """At most `limit` calls in any 60-second window, per agent, across replicas."""
 
-    def __init__(
-        self, redis: aioredis.Redis | Any, *, namespace: str, agent: str, limit: int
-    ) -> None:
+    def __init__(self, redis: RedisLink, *, namespace: str, agent: str, limit: int) -> None:
         self.limit = limit
         self.agent = agent
         self.key = agent_key(namespace, agent, "rate")

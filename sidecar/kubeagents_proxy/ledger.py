@@ -26,13 +26,13 @@ Exceptions (all subclasses of `LedgerError`):
   `stored_token_limit`, `stored_usd_nanos_limit` (None: unlimited).
 - `Unpriced`: `reserve(usd_nanos=None)` (a call without a price) in a scope with a dollar limit
   (given, or stored); nothing was reserved. Carries `scope`.
-- `LedgerUnavailable`: Redis could not be reached or did not answer in time (a redis-py error
-  class as `RedisLink` raises them, or an OS-level socket error, wrapped; the original is
-  `__cause__`). The proxy fails closed on it (503). Whether a `reserve()` that raised it took
-  effect is unknown: it carries that reservation (`unconfirmed`) so that the caller can release
-  it (`settle` with zero); if nobody does, it expires and is charged in full, so budget can be
-  over-counted, never leaked. Also raised (`unconfirmed` set) when `durable_replicas` did not
-  acknowledge a reservation in time (see "Durability"), and (`unconfirmed` None) by a
+- `LedgerUnavailable`: Redis could not be reached or did not answer in time (the
+  `redis.exceptions` classes `RedisLink` raises, or an OS-level socket error, wrapped; the
+  original is `__cause__`). The proxy fails closed on it (503). Whether a `reserve()` that raised
+  it took effect is unknown: it carries that reservation (`unconfirmed`) so that the caller can
+  release it (`settle` with zero); if nobody does, it expires and is charged in full, so budget
+  can be over-counted, never leaked. Also raised (`unconfirmed` set) when `durable_replicas` did
+  not acknowledge a reservation in time (see "Durability"), and (`unconfirmed` None) by a
   `reserve()` whose id already has a tombstone (it was settled: nothing is reserved again).
 
 `ValueError` (naming the argument) is raised for bad input before Redis is touched.

@@ -1,8 +1,9 @@
 """Reads the usage out of an Anthropic SSE stream as it passes through, without buffering it.
 
-Chunks are forwarded to the client untouched; this parser only looks at the events that carry
-usage (`message_start`, `message_delta`) and at `error`. `message_delta` usage is cumulative, so
-its values replace the start's, never add to them.
+Chunks are forwarded to the client untouched; this parser decodes them with the core's SSE
+decoder (`kubeagents.sse`, any framing the spec allows) and only looks at the events that carry
+usage (`message_start`, `message_delta`) and at `message_stop`. `message_delta` usage is
+cumulative, so its values replace the start's, never add to them.
 """
 
 from __future__ import annotations
@@ -10,43 +11,35 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from kubeagents.sse import SseDecoder
 from kubeagents_proxy.prices import Usage
 
-_USAGE_EVENTS = (b"event: message_start", b"event: message_delta", b"event: error")
+_USAGE_EVENTS = frozenset({b"message_start", b"message_delta"})
 
 
 class StreamUsage:
-    """Feed it the stream's chunks in order; it keeps the latest usage and the stop reason."""
+    """Feed it the stream's chunks in order; it keeps the latest usage."""
 
-    __slots__ = ("_pending", "_usage", "error_type", "saw_message_stop", "stop_reason")
+    __slots__ = ("_decoder", "_usage", "saw_message_stop")
 
     def __init__(self) -> None:
-        self._pending = b""
+        self._decoder = SseDecoder()
         self._usage: dict[str, Any] = {}
-        self.stop_reason: str | None = None
-        self.error_type: str | None = None
         self.saw_message_stop = False
 
     def feed(self, chunk: bytes) -> None:
-        data = self._pending + chunk if self._pending else chunk
-        start = 0
-        while True:
-            end = data.find(b"\n\n", start)
-            if end < 0:
-                break
-            self._event(data[start:end])
-            start = end + 2
-        self._pending = data[start:]
-
-    def _event(self, event: bytes) -> None:
-        if not event.startswith(_USAGE_EVENTS):
-            if event.startswith(b"event: message_stop"):
+        for event, data in self._decoder.feed(chunk):
+            if event in _USAGE_EVENTS:
+                self._usage_event(data)
+            elif event == b"message_stop":
                 self.saw_message_stop = True
-            return
-        payload = event.partition(b"\ndata: ")[2]
+
+    def _usage_event(self, data: bytes) -> None:
         try:
-            parsed = json.loads(payload)
+            parsed = json.loads(data)
         except ValueError:
+            return
+        if not isinstance(parsed, dict):
             return
         kind = parsed.get("type")
         if kind == "message_start":
@@ -57,9 +50,6 @@ class StreamUsage:
             usage = parsed.get("usage")
             if isinstance(usage, dict):
                 self._usage.update({k: v for k, v in usage.items() if v is not None})
-            self.stop_reason = parsed.get("delta", {}).get("stop_reason") or self.stop_reason
-        elif kind == "error":
-            self.error_type = str(parsed.get("error", {}).get("type", "api_error"))
 
     @property
     def usage(self) -> Usage:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anthropic
 import httpx
 
-from harness.proxy import TEST_API_KEY, StartProxy, sdk
+from harness.fake_anthropic import start_fake_anthropic
+from harness.proxy import TEST_API_KEY, StartProxy, sdk, start_proxy
 from kubeagents.fake_anthropic import FakeAnthropicControl, Reply
 
 MODEL = "claude-sonnet-5-5"
@@ -86,3 +89,24 @@ def test_proxy_health_and_metrics_on_the_admin_port(start_proxies: StartProxy) -
     sdk(proxy).messages.create(model=MODEL, max_tokens=16, messages=HELLO)
     metrics = httpx.get(f"{proxy.admin_url}/metrics").text
     assert 'kubeagents_proxy_requests_total{model="claude-sonnet-5-5",outcome="ok"} 1.0' in metrics
+
+
+def test_a_stream_framed_with_crlf_and_no_space_is_metered_all_the_same(tmp_path: Path) -> None:
+    """The SSE spec allows CRLF line ends and `data:` without the space; a gateway in front of
+    the API may send them. The proxy's accounting reads such a stream's usage all the same."""
+    fake_process, fake = start_fake_anthropic(tmp_path, "--sse-framing", "crlf-compact")
+    try:
+        proxy = start_proxy(tmp_path / "proxy", upstream_url=fake.base_url, settings={})
+        try:
+            fake.enqueue(Reply.with_text("framed", input_tokens=31, output_tokens=7))
+            with sdk(proxy).messages.stream(model=MODEL, max_tokens=64, messages=HELLO) as stream:
+                final = stream.get_final_message()
+            assert (final.usage.input_tokens, final.usage.output_tokens) == (31, 7)
+            metrics = httpx.get(f"{proxy.admin_url}/metrics").text
+            assert f'kubeagents_proxy_tokens_total{{model="{MODEL}",type="input"}} 31.0' in metrics
+            assert f'kubeagents_proxy_tokens_total{{model="{MODEL}",type="output"}} 7.0' in metrics
+        finally:
+            proxy.process.stop()
+    finally:
+        fake.close()
+        fake_process.stop()
