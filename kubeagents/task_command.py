@@ -29,7 +29,7 @@ from kubeagents.agent import AgentSettings, RedisUrl, agent_key
 from kubeagents.commands import Command
 from kubeagents.errors import InvalidTask
 from kubeagents.process import run
-from kubeagents.redis_link import Endpoint, RedisLink
+from kubeagents.redis_settings import RedisSettings
 from kubeagents.tasks import (
     FINAL_STATUSES,
     Status,
@@ -42,7 +42,7 @@ WATCH_POLL_SECONDS = 0.2
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
-class TaskSettings(AgentSettings):
+class TaskSettings(RedisSettings, AgentSettings):
     """What every `kubeagents task` command needs: the agent, and the Redis holding its queue."""
 
     model_config = SettingsConfigDict(env_prefix="KUBEAGENTS_TASK_", extra="forbid")
@@ -51,13 +51,6 @@ class TaskSettings(AgentSettings):
         default="redis://127.0.0.1:6379/0",
         description="The Redis holding the agent's task queue (the one its pods use).",
     )
-    redis_cluster: bool = Field(default=False, description="Redis URL points at a Redis Cluster.")
-
-    @model_validator(mode="after")
-    def _cluster_has_no_databases(self) -> TaskSettings:
-        if self.redis_cluster and Endpoint.from_url(self.redis_url).db:
-            raise ValueError("redis_url: a Redis Cluster has no databases; drop the /<db> part")
-        return self
 
 
 class TaskSubmitSettings(TaskSettings):
@@ -214,11 +207,7 @@ def _run(command: str, settings: TaskSettings, body: Callable[[TaskQueue], Await
     """Run `body` with the agent's queue on one Redis link; Redis trouble is one line, exit 1."""
 
     async def main() -> int:
-        link = RedisLink(
-            settings.redis_url,
-            cluster=settings.redis_cluster,
-            slot_key=agent_key(settings.namespace, settings.agent, "tasks"),
-        )
+        link = settings.redis_link(slot_key=agent_key(settings.namespace, settings.agent, "tasks"))
         try:
             return await body(TaskQueue(link, namespace=settings.namespace, agent=settings.agent))
         except ConnectionError as error:

@@ -54,7 +54,7 @@ def admin_app(
 
 async def serve(settings: OperatorSettings) -> int:
     def new_link() -> RedisLink:
-        link = RedisLink(settings.redis_url, cluster=settings.redis_cluster)
+        link = settings.redis_link()
         link.command_timeout = 5.0 + 1.0  # blocking reads wait up to a second
         return link
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from kubeagents.agent import NAMESPACE_PATTERN, RedisUrl
+from kubeagents.redis_settings import RedisSettings
 
 
-class OperatorSettings(BaseSettings):
+class OperatorSettings(RedisSettings):
     """Configuration of the team-run operator."""
 
     model_config = SettingsConfigDict(env_prefix="KUBEAGENTS_OPERATOR_", extra="forbid")
@@ -24,7 +25,6 @@ class OperatorSettings(BaseSettings):
         default="redis://127.0.0.1:6379/0",
         description="The Redis of the agents' task queues and of the run budgets.",
     )
-    redis_cluster: bool = Field(default=False, description="Redis URL points at a Redis Cluster.")
     metrics_host: str = Field(
         default="0.0.0.0",  # noqa: S104 - the kubelet and Prometheus reach the pod IP
         description="Address of /livez, /readyz and /metrics.",

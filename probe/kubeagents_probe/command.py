@@ -9,7 +9,6 @@ from aiohttp import web
 
 from kubeagents.agent import agent_key
 from kubeagents.process import announce, run, stop_on_signals
-from kubeagents.redis_link import RedisLink
 from kubeagents_probe.app import create_app
 from kubeagents_probe.metrics import ProbeMetrics
 from kubeagents_probe.probe import Probe
@@ -33,9 +32,7 @@ async def serve(settings: ProbeSettings) -> int:
     link = None
     shared = None
     if settings.shared and settings.redis_url:
-        link = RedisLink(
-            settings.redis_url,
-            cluster=settings.redis_cluster,
+        link = settings.redis_link(
             slot_key=agent_key(settings.namespace, settings.agent, "probe"),
             command_timeout=max(1.0, min(5.0, settings.timeout_seconds)),
         )

@@ -17,7 +17,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from kubeagents.agent import AgentSettings, HttpBaseUrl, RedisUrl
-from kubeagents.redis_link import Endpoint
+from kubeagents.redis_settings import RedisSettings
 
 
 class ExpectKind(StrEnum):
@@ -30,7 +30,7 @@ class ExpectKind(StrEnum):
     JUDGE = "judge"  # a second model call grades the reply against the rubric in value
 
 
-class ProbeSettings(AgentSettings):
+class ProbeSettings(RedisSettings, AgentSettings):
     """Configuration of the semantic-probe sidecar."""
 
     model_config = SettingsConfigDict(env_prefix="KUBEAGENTS_PROBE_", extra="forbid")
@@ -118,7 +118,6 @@ class ProbeSettings(AgentSettings):
     redis_url: RedisUrl | None = Field(
         default=None, description="Redis of the shared verdict; required when shared."
     )
-    redis_cluster: bool = Field(default=False, description="Redis URL points at a Redis Cluster.")
     path_interval_seconds: float = Field(
         default=10.0,
         ge=0.2,
@@ -170,8 +169,6 @@ class ProbeSettings(AgentSettings):
                 "redis_url is required when shared is true (or set shared=false to run the "
                 "semantic check in every pod)"
             )
-        if self.redis_cluster and self.redis_url and Endpoint.from_url(self.redis_url).db:
-            raise ValueError("redis_url: a Redis Cluster has no databases; drop the /<db> part")
         if self.verdict_ttl_seconds is not None and self.verdict_ttl_seconds <= (
             self.interval_seconds
         ):

@@ -26,11 +26,7 @@ MCP_CONNECT_WAIT_SECONDS = 10.0
 
 
 def _link(settings: RuntimeSettings) -> RedisLink:
-    return RedisLink(
-        settings.redis_url,
-        cluster=settings.redis_cluster,
-        slot_key=agent_key(settings.namespace, settings.agent, "tasks"),
-    )
+    return settings.redis_link(slot_key=agent_key(settings.namespace, settings.agent, "tasks"))
 
 
 async def serve(settings: RuntimeSettings) -> int:

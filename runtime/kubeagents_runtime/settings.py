@@ -11,9 +11,10 @@ from pydantic_settings import SettingsConfigDict
 
 from kubeagents.agent import AgentSettings, HttpBaseUrl, RedisUrl
 from kubeagents.mcp import McpServer
+from kubeagents.redis_settings import RedisSettings
 
 
-class RuntimeSettings(AgentSettings):
+class RuntimeSettings(RedisSettings, AgentSettings):
     """Configuration of the agent runtime."""
 
     model_config = SettingsConfigDict(env_prefix="KUBEAGENTS_RUNTIME_", extra="forbid")
@@ -76,7 +77,6 @@ class RuntimeSettings(AgentSettings):
     redis_url: RedisUrl = Field(
         default="redis://127.0.0.1:6379/0", description="Redis of the agent's queue."
     )
-    redis_cluster: bool = Field(default=False, description="Redis URL points at a Redis Cluster.")
     host: str = Field(
         default="0.0.0.0",  # noqa: S104 - the kubelet and Prometheus reach the pod IP
         description="Address of /livez, /readyz, /metrics and the task API.",

@@ -49,9 +49,7 @@ class RedisLinks:
 
     def _link(self, slot_key: str) -> RedisLink:
         assert self.settings.redis_url is not None
-        return RedisLink(
-            self.settings.redis_url,
-            cluster=self.settings.redis_cluster,
+        return self.settings.redis_link(
             slot_key=slot_key,
             connect_timeout=2.0,
             command_timeout=5.0,

@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from kubeagents.agent import AgentSettings, HttpBaseUrl, RedisUrl
-from kubeagents.redis_link import Endpoint
+from kubeagents.redis_settings import RedisSettings
 from kubeagents_proxy.prices import PriceOverride
 from kubeagents_proxy.request_options import (
     DEFAULT_ALLOWED_BETAS,
@@ -28,7 +28,7 @@ class MaxTokensPolicy(StrEnum):
     CLAMP = "clamp"
 
 
-class ProxySettings(AgentSettings):
+class ProxySettings(RedisSettings, AgentSettings):
     """Configuration of the LLM proxy sidecar."""
 
     model_config = SettingsConfigDict(env_prefix="KUBEAGENTS_PROXY_", extra="forbid")
@@ -103,7 +103,6 @@ class ProxySettings(AgentSettings):
         default=None,
         description="Redis for budgets, per-agent concurrency and rates; required by those.",
     )
-    redis_cluster: bool = Field(default=False, description="Redis URL points at a Redis Cluster.")
     prices: dict[str, PriceOverride] = Field(
         default_factory=dict,
         description='JSON map model -> {"input": USD/MTok, "output": ..., "cacheWrite5m": ..., '
@@ -190,8 +189,6 @@ class ProxySettings(AgentSettings):
                 )
         if self.durable_replicas and not self.redis_url:
             raise ValueError("durable_replicas needs redis_url")
-        if self.redis_cluster and self.redis_url and Endpoint.from_url(self.redis_url).db:
-            raise ValueError("redis_url: a Redis Cluster has no databases; drop the /<db> part")
         return self
 
     def read_api_key(self) -> str:

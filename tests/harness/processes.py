@@ -33,6 +33,20 @@ def settings_env(prefix: str, values: Mapping[str, object]) -> dict[str, str]:
     return env
 
 
+def run_command(
+    argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run a command to its end (stdout and stderr as text), with `env` added to ours."""
+    return subprocess.run(
+        list(argv),
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def log_records(text: str) -> list[dict[str, Any]]:
     """The JSON log lines (`kubeagents.logs`) in a process's output, in order; other lines (the
     listening line, console spans) are left out."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import os
 import re
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.processes import run_command
 from kubeagents import __version__
 from kubeagents.cli import is_positional
 from kubeagents.commands import (
@@ -27,14 +27,7 @@ COMMANDS = discover()
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(KUBEAGENTS), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
+    return run_command([str(KUBEAGENTS), *args], env=env)
 
 
 def listed_subcommands(help_text: str) -> set[str]:

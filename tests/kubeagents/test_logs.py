@@ -7,14 +7,13 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from harness.processes import ManagedProcess, log_records
+from harness.processes import ManagedProcess, log_records, run_command
 from kubeagents.errors import InvalidLogLevel
 from kubeagents.logs import (
     JsonLines,
@@ -94,13 +93,8 @@ def test_configure_logging_sends_library_records_through_the_same_formatter() ->
 
 
 def test_a_process_with_an_unknown_level_exits_2_and_says_why() -> None:
-    result = subprocess.run(
-        [str(KUBEAGENTS), "fake-anthropic", "--port", "0"],
-        env={**os.environ, "KUBEAGENTS_LOG_LEVEL": "loud"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = run_command(
+        [str(KUBEAGENTS), "fake-anthropic", "--port", "0"], env={"KUBEAGENTS_LOG_LEVEL": "loud"}
     )
     assert result.returncode == 2
     assert "invalid configuration: KUBEAGENTS_LOG_LEVEL='loud'" in result.stderr
