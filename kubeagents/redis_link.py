@@ -4,14 +4,13 @@ one node that holds every key of the agent.
 Every key of an agent carries its hash tag `{<namespace>/<agent>}` (docs/architecture.md), so on
 Redis Cluster they all live in one slot, on one node. A process of the pod needs neither a
 connection pool nor a cluster router: one connection with commands pipelined on it (Redis
-answers in order) and hiredis parsing the replies. This is several times cheaper per command
-than redis-py's asyncio client, which takes a pooled connection, a lock and a health check for
-every command (the figures are in docs/benchmarks.md); the proxy's ledger spends two scripts on
-every call.
+answers in order) and hiredis parsing the replies. The proxy's ledger spends two scripts on every
+call; how much this saves against a pooled client is measured in docs/benchmarks.md.
 
-It offers the part of redis-py's asyncio interface the proxy's ledger and guards use
-(`register_script`, `ping`, `zrem`, `execute`, `aclose`), so they take either client. Errors are
-redis-py's exception classes, so callers keep catching `redis.exceptions.RedisError`:
+Its interface is small: `execute(*args)`, `register_script(source)` (EVALSHA, loading the script
+on NOSCRIPT), `ping`, `zrem` and `aclose`. Errors are the `redis.exceptions` classes (with
+`key_slot`, all that is used of the redis-py package), so callers catch
+`redis.exceptions.RedisError`:
 
 - `ConnectionError`: cannot connect, the connection broke, or a reply took longer than
   `command_timeout`. The connection is then dropped and every command pending on it fails the
@@ -19,7 +18,9 @@ redis-py's exception classes, so callers keep catching `redis.exceptions.RedisEr
   command connects again, so the link recovers by itself when Redis is back.
 - `ResponseError` (`NoScriptError` for NOSCRIPT): an error reply; the connection stays.
 
-Sentinel (a `redis+sentinel://` URL): on connect the link asks the Sentinels in turn for the
+TLS (`rediss://`): the server's certificate is verified against the system's CAs, or against
+`tls_ca_file` (a PEM bundle). Sentinel (a `redis+sentinel://` URL): on connect the link asks the
+Sentinels in turn (logging in with `sentinel_password` when the Sentinels have one) for the
 master's address and connects there; a broken connection asks again, and a `READONLY` error (the
 node became a replica in a failover; the write did not run) drops the connection, asks again and
 resends.
@@ -36,6 +37,12 @@ uses it to refuse a Redis that may evict the budget ledger's keys.
 
 Timeouts cost no timer per command: one watchdog per connection checks the oldest pending
 command, and only while commands are pending.
+
+Limits, on purpose: no connection pool (one connection; a slow command delays those behind
+it); no pub/sub, MULTI/EXEC, blocking commands or RESP3 push; on a Cluster, only the one slot of
+`slot_key` (a command for a key in another slot gets MOVED and follows it, so it works, at the
+cost of a reconnect); no TLS client certificates, and no Sentinel over a different TLS setting
+than the master's; replies are parsed by hiredis with default settings (no size limit).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Real redis-server processes on free loopback ports: a standalone server and a 3-node cluster."""
+"""Real redis-server processes on free loopback ports: a standalone server, one with TLS, a
+3-node cluster, and a master with a replica and a Sentinel."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import redis
 
+from harness.pki import CertificateAuthority
 from harness.processes import HarnessError, ManagedProcess, free_port, wait_for
 
 START_TIMEOUT = 20.0
@@ -164,9 +166,12 @@ class RedisSentinelSetup:
             process.stop()
 
 
-def start_redis_sentinel(workdir: Path) -> RedisSentinelSetup:
+def start_redis_sentinel(
+    workdir: Path, *, sentinel_password: str | None = None
+) -> RedisSentinelSetup:
     """A master with one replica and one Sentinel (`redis-server --sentinel`) that can fail it
-    over (`SENTINEL FAILOVER`)."""
+    over (`SENTINEL FAILOVER`); with `sentinel_password`, the Sentinel asks for it
+    (`requirepass`)."""
     master = start_redis(workdir / "master")
     replica_port = free_port()
     replica = RedisServer(
@@ -184,13 +189,16 @@ def start_redis_sentinel(workdir: Path) -> RedisSentinelSetup:
         f"sentinel monitor kubeagents 127.0.0.1 {master.port} 1\n"
         "sentinel down-after-milliseconds kubeagents 1000\n"
         "sentinel failover-timeout kubeagents 5000\n"
+        + (f"requirepass {sentinel_password}\n" if sentinel_password else "")
     )
     sentinel = ManagedProcess(
         f"redis-sentinel:{sentinel_port}",
         [_require("redis-server"), str(config), "--sentinel"],
         config.parent / "sentinel.log",
     )
-    client = redis.Redis(host="127.0.0.1", port=sentinel_port, socket_timeout=1)
+    client = redis.Redis(
+        host="127.0.0.1", port=sentinel_port, socket_timeout=1, password=sentinel_password
+    )
     try:
         sentinel.wait_until(
             lambda: client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "kubeagents"),  # type: ignore[no-untyped-call]
@@ -200,3 +208,38 @@ def start_redis_sentinel(workdir: Path) -> RedisSentinelSetup:
     finally:
         client.close()
     return RedisSentinelSetup(master, replica, sentinel_port, sentinel)
+
+
+@dataclass
+class RedisTlsServer:
+    """A redis-server that also listens with TLS on `tls_port`, its certificate signed by the
+    throw-away CA in `ca_file` (for 127.0.0.1)."""
+
+    server: RedisServer
+    tls_port: int
+    ca_file: Path
+
+    @property
+    def tls_url(self) -> str:
+        return f"rediss://127.0.0.1:{self.tls_port}/0"
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def start_redis_tls(workdir: Path) -> RedisTlsServer:
+    """A redis-server with a TLS port whose certificate a fresh CA signs; clients are not asked
+    for certificates (`tls-auth-clients no`)."""
+    ca = CertificateAuthority(workdir / "pki")
+    pair = ca.issue("redis", "redis", server_hosts=("127.0.0.1",))
+    port = free_port(also_free=(1,))
+    tls_port = port + 1
+    process = _start_node(
+        f"redis-tls:{tls_port}", port, workdir / "redis",
+        "--tls-port", str(tls_port),
+        "--tls-cert-file", str(pair.cert),
+        "--tls-key-file", str(pair.key),
+        "--tls-ca-cert-file", str(ca.cert_path),
+        "--tls-auth-clients", "no",
+    )  # fmt: skip
+    return RedisTlsServer(RedisServer(port, process), tls_port, ca.cert_path)

@@ -13,7 +13,12 @@ import redis
 import redis.exceptions
 
 from harness.processes import wait_for
-from harness.redis_servers import RedisClusterNodes, start_redis, start_redis_sentinel
+from harness.redis_servers import (
+    RedisClusterNodes,
+    start_redis,
+    start_redis_sentinel,
+    start_redis_tls,
+)
 from kubeagents.redis_link import Endpoint, RedisLink, encode_command
 
 T = TypeVar("T")
@@ -240,6 +245,7 @@ def test_cluster_link_follows_a_moved_slot(redis_cluster: RedisClusterNodes) -> 
 # --- Redis Sentinel --------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_a_sentinel_url_reaches_the_master_and_follows_a_failover(tmp_path: Path) -> None:
     setup = start_redis_sentinel(tmp_path)
     try:
@@ -307,3 +313,49 @@ def test_a_sentinel_url_names_every_sentinel_the_master_and_the_masters_login() 
     endpoint = Endpoint.from_url("redis+sentinel://:s3cret@10.0.0.1,10.0.0.2:26380/main/2")
     assert endpoint.sentinels == (("10.0.0.1", 26379), ("10.0.0.2", 26380))
     assert (endpoint.master_name, endpoint.password, endpoint.db) == ("main", "s3cret", 2)
+
+
+@pytest.mark.integration
+def test_a_sentinel_with_a_password_is_asked_with_it(tmp_path: Path) -> None:
+    setup = start_redis_sentinel(tmp_path, sentinel_password="sentinel-secret")
+    try:
+
+        async def set_and_get(link: RedisLink) -> bytes:
+            await link.execute("SET", "k", "through the sentinel")
+            value: bytes = await link.execute("GET", "k")
+            return value
+
+        with_password = RedisLink(setup.url, sentinel_password="sentinel-secret")
+        assert run_with(with_password, set_and_get) == b"through the sentinel"
+        assert with_password.node.port == setup.master.port
+
+        without = RedisLink(setup.url)
+        with pytest.raises(redis.exceptions.ConnectionError, match="NOAUTH"):
+            run_with(without, set_and_get)
+        wrong = RedisLink(setup.url, sentinel_password="wrong")
+        with pytest.raises(redis.exceptions.ConnectionError, match="refused the login"):
+            run_with(wrong, set_and_get)
+    finally:
+        setup.stop()
+
+
+@pytest.mark.integration
+def test_tls_is_verified_with_the_ca_file(tmp_path: Path) -> None:
+    server = start_redis_tls(tmp_path)
+    try:
+
+        async def ping(link: RedisLink) -> Any:
+            return await link.execute("PING")
+
+        trusted = RedisLink(server.tls_url, tls_ca_file=str(server.ca_file))
+        assert run_with(trusted, ping) == b"PONG"
+        untrusted = RedisLink(server.tls_url)  # the system's CAs do not know the throw-away CA
+        with pytest.raises(redis.exceptions.ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+            run_with(untrusted, ping)
+    finally:
+        server.stop()
+
+
+def test_a_ca_file_for_a_plain_url_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"a TLS CA file needs a rediss:// URL"):
+        RedisLink("redis://127.0.0.1:6379/0", tls_ca_file="/etc/ssl/certs/ca-certificates.crt")
