@@ -34,17 +34,17 @@ from decimal import Decimal, InvalidOperation
 
 from kubeagents.backoff import Backoff
 from kubeagents.redis_link import RedisLink
-from kubeagents_proxy.errors import InvalidRequest, LedgerDown, NotPriced, RateLimited
-from kubeagents_proxy.ledger import (
-    MAX_AMOUNT,
+from kubeagents_proxy.errors import (
     BudgetExceeded,
-    BudgetLedger,
+    InvalidRequest,
+    LedgerDown,
     LedgerUnavailable,
     LimitMismatch,
-    Reservation,
-    Scope,
+    NotPriced,
+    RateLimited,
     Unpriced,
 )
+from kubeagents_proxy.ledger import MAX_AMOUNT, BudgetLedger, Reservation, Scope
 from kubeagents_proxy.metrics import ProxyMetrics
 from kubeagents_proxy.prices import NANOS_PER_USD
 

@@ -9,8 +9,8 @@ from aiohttp import web
 
 from kubeagents.redis_link import RedisLink
 from kubeagents_proxy.accounting import RUN_SCOPE, Accountant, parse_run_budget
-from kubeagents_proxy.errors import ProxyRefusal
-from kubeagents_proxy.ledger import BudgetLedger, KindState, LedgerUnavailable, Scope
+from kubeagents_proxy.errors import LedgerUnavailable, ProxyRefusal
+from kubeagents_proxy.ledger import BudgetLedger, KindState, Scope
 from kubeagents_proxy.metrics import ProxyMetrics
 
 READY_TIMEOUT_SECONDS = 2.0

@@ -20,17 +20,8 @@ import redis.exceptions
 from harness.processes import ManagedProcess, poll, wait_for
 from harness.redis_servers import RedisServer, start_redis
 from kubeagents.redis_link import RedisLink
-from kubeagents_proxy.ledger import (
-    RUN_SCOPE,
-    BudgetExceeded,
-    BudgetLedger,
-    LedgerUnavailable,
-    LimitMismatch,
-    Reservation,
-    Scope,
-    SettleOutcome,
-    Unpriced,
-)
+from kubeagents_proxy.errors import BudgetExceeded, LedgerUnavailable, LimitMismatch, Unpriced
+from kubeagents_proxy.ledger import RUN_SCOPE, BudgetLedger, Reservation, Scope, SettleOutcome
 
 T = TypeVar("T")
 

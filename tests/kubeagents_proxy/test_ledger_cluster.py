@@ -13,16 +13,8 @@ import pytest
 from harness.processes import poll
 from harness.redis_servers import RedisClusterNodes
 from kubeagents.redis_link import RedisLink
-from kubeagents_proxy.ledger import (
-    RUN_SCOPE,
-    BudgetExceeded,
-    BudgetLedger,
-    LedgerUnavailable,
-    LimitMismatch,
-    Reservation,
-    Scope,
-    SettleOutcome,
-)
+from kubeagents_proxy.errors import BudgetExceeded, LedgerUnavailable, LimitMismatch
+from kubeagents_proxy.ledger import RUN_SCOPE, BudgetLedger, Reservation, Scope, SettleOutcome
 
 T = TypeVar("T")
 
