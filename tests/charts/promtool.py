@@ -1,8 +1,8 @@
-"""promtool (built from its Go module by `make tools`) and the metric names the processes export.
+"""promtool (built from its Go module by `make tools`) and the metric names in PromQL and /metrics.
 
-Shared by test_alert_rules.py and test_dashboards.py: render a chart's PrometheusRule groups into a
-Prometheus rule file, run promtool on it (a failure fails the test with promtool's output), and list
-the series names the proxy, probe, runtime and operator registries expose on /metrics.
+Shared by test_alert_rules.py and test_dashboard_metrics.py: write PrometheusRule groups as a
+Prometheus rule file, run promtool on it (a failure fails the test with promtool's output), list
+the series names a /metrics exposition holds and the kubeagents_* names a query uses.
 """
 
 from __future__ import annotations
@@ -13,14 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from harness.binaries import tool
-from kubeagents_operator.metrics import OperatorMetrics
-from kubeagents_probe.metrics import ProbeMetrics
-from kubeagents_proxy.metrics import ProxyMetrics
-from kubeagents_runtime.metrics import RuntimeMetrics
 
 METRIC_NAME = re.compile(r"\bkubeagents_[a-z0-9_]+\b")
 # The sample names of each family type in the text exposition.
@@ -29,7 +23,6 @@ SUFFIXES = {
     "histogram": ("_bucket", "_sum", "_count", "_created"),
     "summary": ("", "_sum", "_count", "_created"),
     "gauge": ("",),
-    "info": ("_info",),
 }
 
 
@@ -49,15 +42,16 @@ def write_rule_file(path: Path, groups: list[dict[str, Any]]) -> Path:
     return path
 
 
-def exported_metric_names() -> set[str]:
-    """Every series name the four processes' metric registries expose on /metrics."""
+def exported_metric_names(exposition: str) -> set[str]:
+    """The series names a /metrics text exposition can hold, from its `# TYPE` lines (a family
+    with no sample yet included): counters as `_total`, histograms as `_bucket`/`_sum`/`_count`."""
     names: set[str] = set()
-    for metrics in (ProxyMetrics, ProbeMetrics, RuntimeMetrics, OperatorMetrics):
-        registry = CollectorRegistry()
-        metrics(registry)
-        exposition = generate_latest(registry).decode()
-        for family in text_string_to_metric_families(exposition):
-            names.update(family.name + suffix for suffix in SUFFIXES[family.type])
+    for line in exposition.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, family, kind = line.split(maxsplit=3)
+            if kind == "counter":
+                family = family.removesuffix("_total")
+            names.update(family + suffix for suffix in SUFFIXES.get(kind, ("",)))
     return names
 
 

@@ -1,7 +1,7 @@
 """The charts' PrometheusRules, tested with promtool: `promtool check rules` on each rendered rule
 file, and `promtool test rules` (tests/charts/testdata/*-rules-test.yaml) proving that each alert
-fires when its condition holds, only after its `for:`, and not otherwise. Every metric an alert
-names is one the processes export.
+fires when its condition holds, only after its `for:`, and not otherwise. (test_dashboard_metrics.py
+checks that every metric an alert names is one the processes export.)
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from charts.promtool import exported_metric_names, metric_names, promtool, write_rule_file
+from charts.promtool import promtool, write_rule_file
 from charts.test_agent_chart import CHART as AGENT_CHART
 from charts.test_agent_chart import MONITORING_API, Helm
 from charts.test_platform_chart import CHART as PLATFORM_CHART
@@ -75,11 +75,3 @@ def test_each_alert_fires_when_its_condition_holds_and_only_then(
     }
     assert tested == set(alerts(groups)), "every alert needs its promtool unit tests"
     promtool("test", "rules", str(tests), cwd=tmp_path)
-
-
-@pytest.mark.parametrize("chart", RULES)
-def test_alerts_name_only_exported_metrics(chart: str, helm: Path, tmp_path: Path) -> None:
-    exported = exported_metric_names()
-    for name, rule in alerts(RULES[chart](helm, tmp_path)).items():
-        unknown = metric_names(rule["expr"]) - exported
-        assert not unknown, f"{name} names metrics no process exports: {sorted(unknown)}"

@@ -9,10 +9,48 @@ from pathlib import Path
 from typing import Any
 
 from harness.controlplane import ControlPlane
-from harness.processes import ManagedProcess
+from harness.processes import ManagedProcess, settings_env
+from harness.proxy import KUBEAGENTS
 
 # start_operator(ready_log=..., **settings): an operator process (tests/kubeagents_operator)
 StartOperator = Callable[..., ManagedProcess]
+CRDS = Path(__file__).parents[2] / "operator" / "crds"
+
+
+def install_operator_crds(cluster: ControlPlane) -> None:
+    """Apply the operator's CustomResourceDefinitions and wait until they are served."""
+    for file in sorted(CRDS.glob("*.yaml")):
+        cluster.kubectl("apply", "--server-side", "-f", str(file))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s",
+        "crd/agentteams.kubeagents.io", "crd/agentruns.kubeagents.io",
+    )  # fmt: skip
+
+
+def start_operator_process(
+    workdir: Path,
+    cluster: ControlPlane,
+    *,
+    namespace: str,
+    redis_url: str,
+    ready_log: str = r"kubeagents operator watching",
+    extra_env: dict[str, str] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> ManagedProcess:
+    """A `kubeagents operator` process watching `namespace` (metrics on a free loopback port),
+    returned once `ready_log` is in its log (a HarnessError if it is not)."""
+    env = settings_env(
+        "KUBEAGENTS_OPERATOR_",
+        {"redis_url": redis_url, "watch_namespaces": [namespace], "metrics_port": 0,
+         "metrics_host": "127.0.0.1", "wait_seconds": 2, **(settings or {})},
+    )  # fmt: skip
+    env["KUBECONFIG"] = str(cluster.kubeconfig)
+    env.update(extra_env or {})
+    process = ManagedProcess("operator", [str(KUBEAGENTS), "operator"], workdir / "operator.log",
+                             env=env)  # fmt: skip
+    process.wait_for_log(ready_log, timeout=30)
+    return process
+
 
 SECTIONS = '```json\n{"sections": ["intro", "risks"]}\n```'
 DIAMOND: dict[str, Any] = {

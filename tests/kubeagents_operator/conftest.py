@@ -4,19 +4,16 @@ processes, next to a real control plane."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness.agents import AGENTS, Agents, StartAgents
 from harness.controlplane import ControlPlane
-from harness.processes import HarnessError, ManagedProcess, settings_env
-from harness.proxy import KUBEAGENTS, StartProxy
+from harness.processes import HarnessError, ManagedProcess
+from harness.proxy import StartProxy
 from harness.runtime import RuntimeProcess, start_runtime
-from harness.teams import StartOperator
-
-CRDS = Path(__file__).parents[2] / "operator" / "crds"
+from harness.teams import StartOperator, install_operator_crds, start_operator_process
 
 
 @pytest.fixture
@@ -63,12 +60,7 @@ def start_operator(
     """`start(ready_log=..., extra_env=..., **settings)`: a `kubeagents operator` process
     watching the test's namespace (the CRDs installed first), started once `ready_log` is in
     its log; every one started is stopped after the test."""
-    for file in sorted(CRDS.glob("*.yaml")):
-        cluster.kubectl("apply", "--server-side", "-f", str(file))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/agentteams.kubeagents.io", "crd/agentruns.kubeagents.io",
-    )  # fmt: skip
+    install_operator_crds(cluster)
     started: list[ManagedProcess] = []
 
     def start(
@@ -76,20 +68,14 @@ def start_operator(
         extra_env: dict[str, str] | None = None,
         **settings: Any,
     ) -> ManagedProcess:
-        env = settings_env(
-            "KUBEAGENTS_OPERATOR_",
-            {"redis_url": redis_url, "watch_namespaces": [namespace], "metrics_port": 0,
-             "metrics_host": "127.0.0.1", "wait_seconds": 2, **settings},
-        )  # fmt: skip
-        env["KUBECONFIG"] = str(cluster.kubeconfig)
-        env.update(extra_env or {})
-        log = tmp_path_factory.mktemp("operator") / "operator.log"
-        process = ManagedProcess("operator", [str(KUBEAGENTS), "operator"], log, env=env)
-        started.append(process)
         try:
-            process.wait_for_log(ready_log, timeout=30)
+            process = start_operator_process(
+                tmp_path_factory.mktemp("operator"), cluster, namespace=namespace,
+                redis_url=redis_url, ready_log=ready_log, extra_env=extra_env, settings=settings,
+            )  # fmt: skip
         except HarnessError as error:
             pytest.fail(f"the operator did not start: {error}", pytrace=False)
+        started.append(process)
         return process
 
     yield start

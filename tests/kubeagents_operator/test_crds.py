@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 from harness.controlplane import ControlPlane
+from harness.teams import install_operator_crds
 from kubeagents_operator.runs import TeamSpec, team_problems
-
-CRDS = Path(__file__).parents[2] / "operator" / "crds"
 
 TEAM: dict[str, Any] = {
     "apiVersion": "kubeagents.io/v1alpha1",
@@ -45,12 +44,7 @@ RUN: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def crds(cluster: ControlPlane) -> ControlPlane:
-    for file in sorted(CRDS.glob("*.yaml")):
-        cluster.kubectl("apply", "--server-side", "-f", str(file))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/agentteams.kubeagents.io", "crd/agentruns.kubeagents.io",
-    )  # fmt: skip
+    install_operator_crds(cluster)
     return cluster
 
 

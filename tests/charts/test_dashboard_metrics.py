@@ -1,6 +1,7 @@
 """The Grafana dashboards (charts/kubeagents/dashboards/*.json), linted: unique panel ids, every
 panel with a data source and queries, every template variable it uses defined, every PromQL query
-parsed by promtool (offline, as recording rules), and every metric it names exported by a process.
+parsed by promtool (offline, as recording rules). And every metric the dashboards and the charts'
+alert rules name is one the real proxy, probe, runtime and operator processes export on /metrics.
 """
 
 from __future__ import annotations
@@ -11,10 +12,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from charts.promtool import exported_metric_names, metric_names, promtool, write_rule_file
+from charts.test_alert_rules import RULES, alerts
 from charts.test_platform_chart import CHART
+from harness.controlplane import ControlPlane
+from harness.probe import ProbeProcess, start_probe
+from harness.processes import HarnessError, ManagedProcess
+from harness.proxy import StartProxy
+from harness.runtime import RuntimeProcess, start_runtime
+from harness.teams import install_operator_crds, start_operator_process
 
 DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
 VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)(?::\w+)?\]\]")
@@ -108,13 +117,62 @@ def test_promtool_parses_every_query(path: Path, tmp_path: Path) -> None:
     assert f"SUCCESS: {len(rules)} rules found" in output, output
 
 
-@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda path: path.name)
-def test_queries_name_only_exported_metrics(path: Path) -> None:
-    exported = exported_metric_names()
-    unknown = {
-        where: sorted(metric_names(expr) - exported)
+@pytest.fixture
+def exported(
+    start_proxies: StartProxy,
+    redis_url: str,
+    cluster: ControlPlane,
+    namespace: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[set[str]]:
+    """Every series name the real proxy, probe, runtime and operator processes expose on
+    /metrics (each family from its `# TYPE` line, whether it has samples yet or not)."""
+    proxy = start_proxies(redis_url=redis_url)
+    install_operator_crds(cluster)
+    started: list[ProbeProcess | RuntimeProcess | ManagedProcess] = []
+    try:
+        probe = start_probe(
+            tmp_path_factory.mktemp("probe"), proxy_url=proxy.url,
+            proxy_admin_url=proxy.admin_url, settings={"redis_url": redis_url},
+        )  # fmt: skip
+        started.append(probe)
+        runtime = start_runtime(
+            tmp_path_factory.mktemp("runtime"), proxy_url=proxy.url, redis_url=redis_url,
+            settings={},
+        )  # fmt: skip
+        started.append(runtime)
+        operator = start_operator_process(
+            tmp_path_factory.mktemp("operator"), cluster, namespace=namespace, redis_url=redis_url
+        )
+        started.append(operator)
+    except HarnessError as error:
+        for process in started:
+            process.stop()
+        pytest.fail(f"a process did not start: {error}", pytrace=False)
+    port = operator.wait_for_log(r"metrics on port (\d+)", timeout=5)[1]
+    urls = [f"{proxy.admin_url}/metrics", f"{probe.url}/metrics", f"{runtime.url}/metrics",
+            f"http://127.0.0.1:{port}/metrics"]  # fmt: skip
+    names: set[str] = set()
+    for url in urls:
+        response = httpx.get(url, timeout=10)
+        assert response.status_code == 200, f"{url}: {response.status_code}"
+        names |= exported_metric_names(response.text)
+    yield names
+    for process in started:
+        process.stop()
+
+
+def test_dashboards_and_alerts_name_only_metrics_the_processes_export(
+    exported: set[str], helm: Path, tmp_path: Path
+) -> None:
+    used = {
+        f"{path.name} {where}": metric_names(expr)
+        for path in DASHBOARDS
         for where, expr in queries(load(path))
-        if metric_names(expr) - exported
     }
-    assert not unknown, f"queries name metrics no process exports: {unknown}"
-    assert all(metric_names(expr) for _, expr in queries(load(path))), "a query names no metric"
+    for chart, groups in RULES.items():
+        for name, rule in alerts(groups(helm, tmp_path)).items():
+            used[f"{chart} alert {name}"] = metric_names(rule["expr"])
+    assert all(used.values()), f"a query names no kubeagents metric: {used}"
+    unknown = {where: sorted(names - exported) for where, names in used.items() if names - exported}
+    assert not unknown, f"metrics no process exports on /metrics: {unknown}"
