@@ -18,8 +18,8 @@ A part that cannot start fails the test with the reason; nothing is skipped.
 Tests that need no control plane, node, image or process of the product's own are marked `unit`
 here (`make test-unit` runs them: the edit-test loop). A test is a unit test unless it uses one
 of `NOT_UNIT_FIXTURES` (directly or through another fixture), lives under `NOT_UNIT_FOLDERS` or
-directly in tests/ (the harness's own tests), or is marked `integration` (it starts several
-real servers itself, e.g. a Sentinel failover).
+directly in tests/ (the harness's own tests), or is marked `integration` (it starts processes
+or several real servers itself: the CLI as a process, MCP servers, a Sentinel failover).
 `redis_server` and the fake Anthropic API are allowed: each is one process per session.
 When a test fails, the new log lines of every process the harness started are attached to the
 report.
@@ -89,7 +89,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "unit: needs no control plane, node, image or product process (make test-unit)"
     )
     config.addinivalue_line(
-        "markers", "integration: starts several real servers itself; not in make test-unit"
+        "markers", "integration: starts processes or several real servers itself; not in make test-unit"
     )
 
 

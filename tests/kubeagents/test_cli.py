@@ -22,6 +22,8 @@ from kubeagents.commands import (
 )
 from kubeagents.errors import CommandRegistrationError
 
+pytestmark = pytest.mark.integration  # each test runs `kubeagents` as a process
+
 KUBEAGENTS = Path(sys.executable).parent / "kubeagents"
 COMMANDS = discover()
 

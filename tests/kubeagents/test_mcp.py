@@ -29,6 +29,8 @@ from kubeagents.mcp import (
     open_session,
 )
 
+pytestmark = pytest.mark.integration  # each test starts MCP servers (stdio and HTTP processes)
+
 T = TypeVar("T")
 TOKEN = "t0ken-for-tests"
 

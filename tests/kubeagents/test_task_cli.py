@@ -20,6 +20,8 @@ from harness.redis_servers import RedisClusterNodes
 from kubeagents.agent import agent_key
 from kubeagents.tasks import MAX_INPUT_BYTES, QueueKeys
 
+pytestmark = pytest.mark.integration  # each test runs `kubeagents task` as a process
+
 KUBEAGENTS = Path(sys.executable).parent / "kubeagents"
 AGENT, NAMESPACE = "writer", "team-a"
 KEYS = QueueKeys.of(NAMESPACE, AGENT)

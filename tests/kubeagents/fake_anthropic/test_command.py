@@ -17,6 +17,8 @@ import pytest
 
 from harness.processes import ManagedProcess
 
+pytestmark = pytest.mark.integration  # each test starts `kubeagents fake-anthropic` as a process
+
 KUBEAGENTS = Path(sys.executable).parent / "kubeagents"
 USER: list[anthropic.types.MessageParam] = [{"role": "user", "content": "Hi"}]
 MODEL = "claude-sonnet-4-6"
