@@ -105,15 +105,31 @@ chart-docs: ## Regenerate charts/*/README.md from each chart's values.yaml comme
 	@test -x $(TOOLS_BIN)/helm-docs || { echo "helm-docs missing: run make controlplane (or make tools)" >&2; exit 1; }
 	$(TOOLS_BIN)/helm-docs --chart-search-root charts --template-files README.md.gotmpl --sort-values-order file
 
-redis-server: ## Install redis-server and redis-cli from Debian packages when missing
-	@if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then exit 0; fi; \
-	if [ "$$(id -u)" != 0 ]; then \
-	  echo "redis-server is missing. Install it with: sudo apt-get install redis-server redis-tools" >&2; \
-	  exit 1; \
+redis-server: ## Install redis-server/redis-cli (Debian) and valkey-server/valkey-cli (bookworm-backports) when missing
+	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "redis-server is missing. Install it with: sudo apt-get install redis-server redis-tools" >&2; \
+	    exit 1; \
+	  fi; \
+	  echo "installing redis-server and redis-tools from Debian packages"; \
+	  export DEBIAN_FRONTEND=noninteractive RUNLEVEL=1; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null || exit 1; \
 	fi; \
-	echo "installing redis-server and redis-tools from Debian packages"; \
-	export DEBIAN_FRONTEND=noninteractive RUNLEVEL=1; \
-	apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
+	if ! command -v valkey-server >/dev/null || ! command -v valkey-cli >/dev/null; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "valkey-server is missing. Install it from bookworm-backports: add" >&2; \
+	    echo "'deb http://deb.debian.org/debian bookworm-backports main' to your apt sources, then" >&2; \
+	    echo "sudo apt-get install -t bookworm-backports valkey-server valkey-tools" >&2; \
+	    exit 1; \
+	  fi; \
+	  echo "installing valkey-server and valkey-tools from bookworm-backports"; \
+	  printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' 'Suites: bookworm-backports' \
+	    'Components: main' 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' \
+	    > /etc/apt/sources.list.d/bookworm-backports.sources; \
+	  export DEBIAN_FRONTEND=noninteractive RUNLEVEL=1; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends -t bookworm-backports \
+	    valkey-server valkey-tools >/dev/null || exit 1; \
+	fi
 
 clean: ## Remove .venv and .tools (the cache in $(CACHE) stays)
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

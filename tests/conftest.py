@@ -1,7 +1,11 @@
 """Session fixtures on real parts, shared by every test in the suite.
 
 - `redis_server` / `redis_url` / `redis_client`: a real redis-server on a free loopback port,
-  flushed before each test that asks for it.
+  flushed before each test that asks for it. `valkey_server`: the same with valkey-server;
+  `redis_url_on_each_server`: a test that asks for it runs once on each (redis-server,
+  valkey-server), emptied first: a module overrides `redis_url` with it to run every test there
+  on both (the ledger and queue scripts); `server_kind` does the same for a test that starts
+  servers itself.
 - `redis_cluster`: a real 3-node Redis Cluster, flushed before each test that asks for it.
 - `helm`, `kubectl`: the real binaries from the tools folder.
 - `fake_anthropic`: the fake Anthropic Messages API as a separate process, reset per test.
@@ -20,7 +24,8 @@ here (`make test-unit` runs them: the edit-test loop). A test is a unit test unl
 of `NOT_UNIT_FIXTURES` (directly or through another fixture), lives under `NOT_UNIT_FOLDERS` or
 directly in tests/ (the harness's own tests), or is marked `integration` (it starts processes
 or several real servers itself: the CLI as a process, MCP servers, a Sentinel failover).
-`redis_server` and the fake Anthropic API are allowed: each is one process per session.
+`redis_server`, `valkey_server` and the fake Anthropic API are allowed: each is one process per
+session.
 When a test fails, the new log lines of every process the harness started are attached to the
 report.
 """
@@ -44,8 +49,10 @@ from harness.processes import HarnessError, ManagedProcess
 from harness.product import Product, install
 from harness.proxy import ProxyProcess, StartProxy, start_proxy
 from harness.redis_servers import (
+    SERVER_KINDS,
     RedisClusterNodes,
     RedisServer,
+    ServerKind,
     start_redis,
     start_redis_cluster,
 )
@@ -89,7 +96,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "unit: needs no control plane, node, image or product process (make test-unit)"
     )
     config.addinivalue_line(
-        "markers", "integration: starts processes or several real servers itself; not in make test-unit"
+        "markers",
+        "integration: starts processes or several real servers itself; not in make test-unit",
     )
 
 
@@ -137,12 +145,41 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def valkey_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A session's valkey-server; a missing binary fails the test with how to install it."""
+    server = start_or_fail(
+        lambda: start_redis(tmp_path_factory.mktemp("valkey"), kind="valkey-server")
+    )
+    yield server
+    server.stop()
+
+
+def _emptied(server: RedisServer) -> str:
+    with server.client() as client:
+        client.flushall()
+    return server.url
+
+
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     """The URL of the session's redis-server, emptied for this test."""
-    with redis_server.client() as client:
-        client.flushall()
-    return redis_server.url
+    return _emptied(redis_server)
+
+
+@pytest.fixture(params=SERVER_KINDS)
+def server_kind(request: pytest.FixtureRequest) -> ServerKind:
+    """redis-server, then valkey-server: for a test that starts servers of its own."""
+    kind: ServerKind = request.param
+    return kind
+
+
+@pytest.fixture(params=SERVER_KINDS)
+def redis_url_on_each_server(request: pytest.FixtureRequest) -> str:
+    """The URL of the session's redis-server, then of its valkey-server, emptied for this test."""
+    fixture = {"redis-server": "redis_server", "valkey-server": "valkey_server"}[request.param]
+    server: RedisServer = request.getfixturevalue(fixture)
+    return _emptied(server)
 
 
 @pytest.fixture

@@ -129,11 +129,12 @@ def test_the_dockerfile_the_base_and_the_revision_are_part_of_the_key(repo: Path
 
 
 def test_the_other_images_keys_follow_what_they_are_made_of() -> None:
-    redis = images.REDIS
-    assert dataclasses.replace(redis, packages=["redis-server"]).key() != redis.key()
-    assert dataclasses.replace(redis, hooks=[]).key() != redis.key()
-    user = dataclasses.replace(redis.config, user="1000")
-    assert dataclasses.replace(redis, config=user).key() != redis.key()
+    valkey = images.VALKEY
+    assert dataclasses.replace(valkey, backports=["valkey-server"]).key() != valkey.key()
+    assert dataclasses.replace(valkey, packages=["valkey-server"]).key() != valkey.key()
+    assert dataclasses.replace(valkey, hooks=[]).key() != valkey.key()
+    user = dataclasses.replace(valkey.config, user="1000")
+    assert dataclasses.replace(valkey, config=user).key() != valkey.key()
 
     coredns = images.COREDNS
     newer = dataclasses.replace(images.COREDNS_BUILD, version="v1.12.5")
@@ -145,8 +146,9 @@ def test_the_other_images_keys_follow_what_they_are_made_of() -> None:
 
 def test_the_images_carry_the_names_the_charts_pull_by_default() -> None:
     platform = yaml.safe_load((CHARTS / "kubeagents" / "values.yaml").read_text())
-    redis = platform["redis"]["statefulset"]["image"]
-    assert f"{redis['registry']}/{redis['repository']}:{redis['tag']}" == images.REDIS_IMAGE
+    server = platform["redis"]["statefulset"]["image"]
+    assert f"{server['registry']}/{server['repository']}:{server['tag']}" == images.VALKEY_IMAGE
+    assert server["flavor"] == "valkey"  # the image holds valkey-server and valkey-cli
 
     for chart, image in (
         ("agent", yaml.safe_load((CHARTS / "agent" / "values.yaml").read_text())["image"]),
@@ -208,14 +210,14 @@ def test_a_debian_image_key_covers_its_packages_not_their_order() -> None:
 def test_containerd_image_listing_is_read_with_the_key_labels() -> None:
     listing = (
         "REF TYPE DIGEST SIZE PLATFORMS LABELS\n"
-        "docker.io/library/redis:7.4-alpine application/vnd.docker.distribution.manifest.v2+json "
+        "docker.io/valkey/valkey:8.0 application/vnd.docker.distribution.manifest.v2+json "
         "sha256:26 133.1 MiB linux/amd64 "
         f"io.cri-containerd.image=managed,{images.KEY_LABEL}=abc\n"
         "localhost/kubeagents/pause:3.10 application/vnd.oci.image.manifest.v1+json sha256:4e "
         "673.6 KiB linux/amd64 -\n"
     )
     assert images.parse_image_list(listing) == {
-        images.REDIS_IMAGE: "abc",
+        images.VALKEY_IMAGE: "abc",
         images.PAUSE_IMAGE: "",
     }
     assert content_key({"a": 1, "b": 2}) == content_key({"b": 2, "a": 1})

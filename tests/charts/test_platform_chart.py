@@ -1,7 +1,8 @@
 """The platform chart (charts/kubeagents): Redis for the agents and the Grafana dashboard.
 
 Lint (helm --strict, ct), the schema's refusals, the rendered objects, the rendered Redis
-container run on a real redis-server, server-side dry runs of every ci case, and a real
+container run on a real valkey-server (the default) and, switched to Redis, on a real
+redis-server, server-side dry runs of every ci case, and a real
 install/upgrade/uninstall on the control plane. The README's values table is checked against
 values.yaml, so it cannot go stale.
 """
@@ -105,6 +106,12 @@ def redis_container(objects: list[Obj]) -> Obj:
     return container
 
 
+# The values that switch the chart's server from Valkey (the default) to Redis, as the README says.
+REDIS_IMAGE_VALUES: Obj = {"repository": "library/redis", "tag": "7.2-alpine", "flavor": "redis"}
+TO_REDIS: Obj = {"redis": {"statefulset": {"image": REDIS_IMAGE_VALUES}}}
+FLAVOR_IMAGES: dict[str, Obj] = {"valkey": {}, "redis": REDIS_IMAGE_VALUES}
+
+
 def option(args: list[str], name: str) -> str:
     """The value after `--name` in a redis-server argument list."""
     assert args.count(name) == 1, f"{name} given {args.count(name)} times in {args}"
@@ -197,6 +204,11 @@ INVALID_VALUES: list[tuple[str, Obj, str]] = [
         "at '/redis/statefulset/image/tag'",
     ),
     (
+        "a server the chart does not know",
+        {"redis": {"statefulset": {"image": {"flavor": "keydb"}}}},
+        "at '/redis/statefulset/image/flavor'",
+    ),
+    (
         "zero replicas",
         {"redis": {"statefulset": {"replicas": 0}}},
         "at '/redis/statefulset/replicas': minimum",
@@ -253,6 +265,33 @@ def test_redis_runs_with_aof_and_no_eviction(helm: Path, tmp_path: Path) -> None
         render(helm, {"redis": {"statefulset": {"appendfsync": "always"}}}, tmp=tmp_path)
     )
     assert option(always["args"], "--appendfsync") == "always"
+
+
+def probe_script(container: Obj, probe: str) -> str:
+    return str(container[probe]["exec"]["command"][-1])
+
+
+def test_valkey_is_the_default_and_redis_a_switch_of_three_values(
+    helm: Path, tmp_path: Path
+) -> None:
+    valkey = redis_container(render(helm))
+    assert valkey["image"] == "docker.io/valkey/valkey:8.0"
+    assert valkey["command"][-1] == "valkey-server"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert "valkey-cli -h 127.0.0.1" in probe_script(valkey, probe)
+        assert "redis-cli" not in probe_script(valkey, probe)
+
+    redis_ = redis_container(render(helm, TO_REDIS, tmp=tmp_path))
+    assert redis_["image"] == "docker.io/library/redis:7.2-alpine"
+    assert redis_["command"][-1] == "redis-server"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert "redis-cli -h 127.0.0.1" in probe_script(redis_, probe)
+        assert "valkey" not in probe_script(redis_, probe)
+    # nothing else differs: the same arguments, environment, volumes and security context
+    assert redis_["args"] == valkey["args"]
+    assert redis_["env"] == valkey["env"]
+    assert redis_["securityContext"] == valkey["securityContext"]
+    assert redis_["volumeMounts"] == valkey["volumeMounts"]
 
 
 def test_extra_redis_directives_become_arguments(helm: Path, tmp_path: Path) -> None:
@@ -499,7 +538,7 @@ def test_notes_tell_agents_the_secret_name_and_key(helm: Path) -> None:
     assert "cluster: true" in external
 
 
-# --- the rendered Redis container, run on a real redis-server --------------------------------
+# --- the rendered Redis container, run on a real valkey-server and redis-server ---------------
 
 
 @dataclass
@@ -518,7 +557,8 @@ def start_rendered_redis(
     container: Obj, workdir: Path, *, hostname: str, password: str, master_port: int
 ) -> RenderedRedis:
     """Run the container's command and args with only the port and data folder changed."""
-    for binary in ("redis-server", "redis-cli"):
+    server = container["command"][-1]
+    for binary in (server, server.replace("-server", "-cli")):
         assert shutil.which(binary), f"{binary} is missing: run `make redis-server`"
     port = free_port() if hostname.endswith("-1") else master_port
     workdir.mkdir(parents=True, exist_ok=True)
@@ -574,10 +614,13 @@ def rendered_processes() -> Iterator[list[RenderedRedis]]:
         item.process.stop()
 
 
+@pytest.mark.parametrize("flavor", FLAVOR_IMAGES)
 def test_the_rendered_container_runs_a_password_protected_redis_whose_aof_survives_a_restart(
-    helm: Path, tmp_path: Path, rendered_processes: list[RenderedRedis]
+    helm: Path, tmp_path: Path, rendered_processes: list[RenderedRedis], flavor: str
 ) -> None:
-    container = redis_container(render(helm))
+    values = {"redis": {"statefulset": {"image": FLAVOR_IMAGES[flavor]}}}
+    container = redis_container(render(helm, values, tmp=tmp_path))
+    assert container["command"][-1] == f"{flavor}-server"
     password = secrets.token_hex(12)
     port = free_port()
     master = start_rendered_redis(
@@ -627,11 +670,13 @@ def test_the_rendered_container_runs_a_password_protected_redis_whose_aof_surviv
         assert client.get("kubeagents:{agents/research}:agent:totals") == b"42"
 
 
+@pytest.mark.parametrize("flavor", FLAVOR_IMAGES)
 def test_further_pods_replicate_pod_0_with_the_same_password(
-    helm: Path, tmp_path: Path, rendered_processes: list[RenderedRedis]
+    helm: Path, tmp_path: Path, rendered_processes: list[RenderedRedis], flavor: str
 ) -> None:
-    values = {"redis": {"statefulset": {"replicas": 2}}}
+    values = {"redis": {"statefulset": {"replicas": 2, "image": FLAVOR_IMAGES[flavor]}}}
     container = redis_container(render(helm, values, tmp=tmp_path))
+    assert container["command"][-1] == f"{flavor}-server"
     password = secrets.token_hex(12)
     port = free_port()
     master = start_rendered_redis(

@@ -10,7 +10,7 @@ When the archive for the key is there, nothing is rebuilt, so a second run costs
 kubelet's CRI looks) and labels each image with its key, so an import is done once per content.
 
 The names are the ones the charts and addons use by default (the kubeagents image under the
-charts' repository and appVersion, Redis under the platform chart's default), so a chart
+charts' repository and appVersion, Valkey under the platform chart's default), so a chart
 installs unchanged on the local node.
 
     cd tests && ../.venv/bin/python -m harness.images build --cache DIR
@@ -69,7 +69,7 @@ BUSYBOX_VERSION = "1.35.0"
 
 PYTHON_BASE_IMAGE = "localhost/kubeagents/python-base:bookworm"
 KUBEAGENTS_IMAGE = f"ghcr.io/kubeagents/kubeagents:{APP_VERSION}"
-REDIS_IMAGE = "docker.io/library/redis:7.4-alpine"
+VALKEY_IMAGE = "docker.io/valkey/valkey:8.0"
 PAUSE_IMAGE = "localhost/kubeagents/pause:3.10"
 COREDNS_IMAGE = f"localhost/kubeagents/coredns:{COREDNS_BUILD.version}"
 PROVISIONER_IMAGE = f"localhost/kubeagents/local-path-provisioner:{PROVISIONER_BUILD.version}"
@@ -243,8 +243,11 @@ class DebianImage(Recipe):
     config: ImageConfig
     version_command: str
     hooks: list[str] = field(default_factory=list)
+    # Packages taken from `<suite>-backports` (only these: their dependencies come from the suite).
+    backports: list[str] = field(default_factory=list)
 
     def inputs(self) -> dict[str, object]:
+        backports = {"backports": sorted(self.backports)} if self.backports else {}
         return {
             "suite": SUITE,
             "packages": sorted(self.packages),
@@ -252,15 +255,25 @@ class DebianImage(Recipe):
             "hooks": self.hooks,
             "version_command": self.version_command,
             "config": asdict(self.config),
+            **backports,
         }
 
     def build(self, builder: Builder, key: str) -> None:
         work = builder.workdir(self.name)
         rootfs, version_file = work / "rootfs.tar", work / "version"
         hooks = [*self.hooks, f"{self.version_command} > {shlex.quote(str(version_file))}"]
+        packages = [*self.packages, *(f"{name}/{SUITE}-backports" for name in self.backports)]
+        # The backports line is the suite's own line (same mirror and options), another suite.
+        backports_list = f'"$1/etc/apt/sources.list.d/{SUITE}-backports.list"'
+        setup = [
+            f'cat "$1"/etc/apt/sources.list "$1"/etc/apt/sources.list.d/*.list 2>/dev/null'
+            f' | sed -n "s/^\\(deb .* \\){SUITE} /\\1{SUITE}-backports /p" > {backports_list};'
+            f" test -s {backports_list}"
+        ]
         builder.run(
-            ["mmdebstrap", "--variant=minbase", f"--include={','.join(self.packages)}",
+            ["mmdebstrap", "--variant=minbase", f"--include={','.join(packages)}",
              *(f"--dpkgopt={option}" for option in DPKG_SLIM),
+             *(f"--setup-hook={hook}" for hook in setup if self.backports),
              *(f"--customize-hook={hook}" for hook in hooks),
              "--format=tar", SUITE, str(rootfs)],
             self.name,
@@ -268,7 +281,7 @@ class DebianImage(Recipe):
         version = version_file.read_text().strip()
         if not version:
             raise HarnessError(f"{self.ref}: `{self.version_command}` printed no version")
-        # `add` unpacks the tar, keeping its owners (redis's /data).
+        # `add` unpacks the tar, keeping its owners (valkey's /data).
         builder.commit(self.ref, self.name, [("add", rootfs, "/")],
                        self.config.buildah_args(key=key, version=version))  # fmt: skip
         shutil.rmtree(work)
@@ -562,29 +575,31 @@ KUBEAGENTS = DockerfileImage(
     version=APP_VERSION,
 )
 
-# Debian's Redis under the platform chart's default image name, run like the official image:
-# uid 999, gid 1000, data in /data, redis-server and redis-cli on PATH, /bin/sh for the chart's
-# command and probes; nothing is written outside /data (the chart's root filesystem is read-only).
-REDIS = DebianImage(
-    name="redis",
-    ref=REDIS_IMAGE,
+# Debian's Valkey 8 (bookworm-backports' valkey-server and valkey-tools) under the platform
+# chart's default image name, run like the official image: uid 999, gid 1000 (the chart's
+# runAsGroup), data in /data, valkey-server and valkey-cli on PATH, /bin/sh for the chart's command
+# and probes; nothing is written outside /data (the chart's root filesystem is read-only).
+VALKEY = DebianImage(
+    name="valkey",
+    ref=VALKEY_IMAGE,
     duration="about 40 s",
-    packages=["redis-server", "redis-tools"],
+    packages=[],
+    backports=["valkey-server", "valkey-tools"],
     hooks=[
-        'chroot "$1" sh -euc "usermod --uid 999 redis; groupmod --gid 1000 redis;'
-        " chown -R redis:redis /var/lib/redis /var/log/redis /etc/redis;"
-        ' install -d -o redis -g redis -m 0750 /data"'
+        'chroot "$1" sh -euc "usermod --uid 999 valkey; groupmod --gid 1000 valkey;'
+        " chown -R valkey:valkey /var/lib/valkey /var/log/valkey /etc/valkey;"
+        ' install -d -o valkey -g valkey -m 0750 /data"'
     ],
-    version_command="chroot \"$1\" dpkg-query --show --showformat='${Version}' redis-server",
+    version_command="chroot \"$1\" dpkg-query --show --showformat='${Version}' valkey-server",
     config=ImageConfig(
-        cmd=["redis-server"],
+        cmd=["valkey-server"],
         user="999:1000",
         workdir="/data",
         labels=_labels(
-            "redis",
-            f"Debian {SUITE}'s redis-server and redis-tools {{version}}, built locally (no "
-            f"registry) under the kubeagents platform chart's default image name {REDIS_IMAGE}; "
-            "this is not the official Redis image and not Redis 7.4.",
+            "valkey",
+            f"Debian {SUITE}-backports' valkey-server and valkey-tools {{version}}, built locally "
+            f"(no registry) under the kubeagents platform chart's default image name "
+            f"{VALKEY_IMAGE}; not the official Valkey image, the same server (Valkey 8.0).",
             "{version}",
         ),
     ),
@@ -667,7 +682,7 @@ BUSYBOX = StaticBinaryImage(
 )
 
 # What a node needs, cheapest first. The Python base is only an intermediate of KUBEAGENTS.
-NODE_IMAGES: list[Recipe] = [PAUSE, BUSYBOX, REDIS, COREDNS, PROVISIONER, KUBEAGENTS]
+NODE_IMAGES: list[Recipe] = [PAUSE, BUSYBOX, VALKEY, COREDNS, PROVISIONER, KUBEAGENTS]
 
 
 # --- building ----------------------------------------------------------------------------------

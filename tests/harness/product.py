@@ -1,6 +1,6 @@
 """The whole product installed on a cluster with a real node, as a user would install it.
 
-One namespace holds the platform chart (Redis with AOF on a provisioned volume, the team-run
+One namespace holds the platform chart (Valkey with AOF on a provisioned volume, the team-run
 operator and its CRDs), the fake Anthropic API from examples/local/ (unless a real API key is
 given), and the two example agents from examples/, layered with their local overrides. `make run`
 and the real-pod tests both install it through here, with the real helm and kubectl.
@@ -140,7 +140,7 @@ def install(
     `agent_args` are more helm arguments for both agents."""
     stages: list[tuple[str, Callable[[], None]]] = [
         (
-            "platform chart (Redis on a provisioned volume, operator, CRDs)",
+            "platform chart (Valkey on a provisioned volume, operator, CRDs)",
             product.install_platform,
         ),
     ]

@@ -1,5 +1,5 @@
-"""Real redis-server processes on free loopback ports: a standalone server, one with TLS, a
-3-node cluster, and a master with a replica and a Sentinel."""
+"""Real redis-server (or valkey-server) processes on free loopback ports: a standalone server,
+one with TLS, a 3-node cluster, and a master with a replica and a Sentinel."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import redis
 
@@ -15,21 +16,35 @@ from harness.processes import HarnessError, ManagedProcess, free_port, wait_for
 
 START_TIMEOUT = 20.0
 
+ServerKind = Literal["redis-server", "valkey-server"]
+# Both servers the ledger and queue scripts are tested on: Redis (Debian's 7.0) and Valkey 8,
+# the platform chart's default.
+SERVER_KINDS: tuple[ServerKind, ...] = ("redis-server", "valkey-server")
+
+_INSTALL_HINTS = {
+    "redis-server": "apt-get install redis-server redis-tools",
+    "redis-cli": "apt-get install redis-server redis-tools",
+    "valkey-server": "apt-get install -t bookworm-backports valkey-server valkey-tools",
+    "valkey-cli": "apt-get install -t bookworm-backports valkey-server valkey-tools",
+}
+
 
 def _require(binary: str) -> str:
     path = shutil.which(binary)
     if path is None:
         raise HarnessError(
-            f"{binary} not found on PATH. `make test` installs it from Debian packages "
-            "(apt-get install redis-server redis-tools)."
+            f"{binary} not found on PATH. `make redis-server` (part of `make tools` and "
+            f"`make test`) installs it from Debian packages ({_INSTALL_HINTS[binary]})."
         )
     return path
 
 
-def _start_node(name: str, port: int, workdir: Path, *extra: str) -> ManagedProcess:
+def _start_node(
+    name: str, port: int, workdir: Path, *extra: str, kind: ServerKind = "redis-server"
+) -> ManagedProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [
-        _require("redis-server"),
+        _require(kind),
         "--bind", "127.0.0.1",
         "--port", str(port),
         "--dir", str(workdir),
@@ -52,7 +67,7 @@ def _start_node(name: str, port: int, workdir: Path, *extra: str) -> ManagedProc
 
 @dataclass
 class RedisServer:
-    """A standalone redis-server."""
+    """A standalone redis-server or valkey-server."""
 
     port: int
     process: ManagedProcess
@@ -68,12 +83,19 @@ class RedisServer:
         self.process.stop()
 
 
-def start_redis(workdir: Path, *, port: int | None = None, persistent: bool = False) -> RedisServer:
+def start_redis(
+    workdir: Path,
+    *,
+    port: int | None = None,
+    persistent: bool = False,
+    kind: ServerKind = "redis-server",
+) -> RedisServer:
     """A standalone server. `port` and the same `workdir` restart a stopped one; `persistent`
-    turns the append-only file on, so a restart keeps the data (as a production ledger must)."""
+    turns the append-only file on, so a restart keeps the data (as a production ledger must).
+    `kind` picks the binary: redis-server or valkey-server (same protocol, same Lua)."""
     port = port if port is not None else free_port()
     extra = ("--appendonly", "yes", "--appendfsync", "always") if persistent else ()
-    return RedisServer(port, _start_node(f"redis-server:{port}", port, workdir, *extra))
+    return RedisServer(port, _start_node(f"{kind}:{port}", port, workdir, *extra, kind=kind))
 
 
 @dataclass

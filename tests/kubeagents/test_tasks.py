@@ -1,4 +1,5 @@
-"""The task queue contract (kubeagents.tasks) against a real redis-server."""
+"""The task queue contract (kubeagents.tasks) against a real redis-server and a real
+valkey-server (every test runs on both)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,12 @@ T = TypeVar("T")
 Message = tuple[bytes, dict[bytes, bytes]]
 NAMESPACE, AGENT = "team-a", "writer"
 KEYS = QueueKeys.of(NAMESPACE, AGENT)
+
+
+@pytest.fixture
+def redis_url(redis_url_on_each_server: str) -> str:
+    """Every test here runs on redis-server and on valkey-server (the chart's default)."""
+    return redis_url_on_each_server
 
 
 def with_queue(redis_url: str, scenario: Callable[[TaskQueue], Awaitable[T]]) -> T:

@@ -1,5 +1,5 @@
-"""The rolling budget ledger (kubeagents_proxy.ledger) against a real redis-server, reached
-through `RedisLink` as the proxy reaches it."""
+"""The rolling budget ledger (kubeagents_proxy.ledger) against a real redis-server and a real
+valkey-server (every test runs on both), reached through `RedisLink` as the proxy reaches it."""
 
 from __future__ import annotations
 
@@ -18,12 +18,19 @@ import redis
 import redis.exceptions
 
 from harness.processes import ManagedProcess, poll, wait_for
-from harness.redis_servers import RedisServer, start_redis
+from harness.redis_servers import RedisServer, ServerKind, start_redis
 from kubeagents.redis_link import RedisLink
 from kubeagents_proxy.errors import BudgetExceeded, LedgerUnavailable, LimitMismatch, Unpriced
 from kubeagents_proxy.ledger import RUN_SCOPE, BudgetLedger, Reservation, Scope, SettleOutcome
 
 T = TypeVar("T")
+
+
+@pytest.fixture
+def redis_url(redis_url_on_each_server: str) -> str:
+    """Every test here runs on redis-server and on valkey-server (the chart's default)."""
+    return redis_url_on_each_server
+
 
 AGENT = Scope("agent", token_limit=10_000, usd_nanos_limit=1_000_000_000)  # 10k tokens, $1
 
@@ -684,8 +691,8 @@ def test_concurrent_reserve_and_settle_from_three_ledgers_never_overshoot(redis_
 # --- failures and validation ----------------------------------------------------------------------
 
 
-def test_redis_down_raises_ledger_unavailable(tmp_path: Path) -> None:
-    server = start_redis(tmp_path)
+def test_redis_down_raises_ledger_unavailable(tmp_path: Path, server_kind: ServerKind) -> None:
+    server = start_redis(tmp_path, kind=server_kind)
     try:
 
         async def up(link: RedisLink) -> Reservation:
@@ -1169,9 +1176,11 @@ def test_tombstones_past_their_time_are_deleted_by_the_next_call(
     assert redis_client.zcard(ledger.keys("agent")[5]) == 1  # the settled one stays
 
 
-def test_a_lost_reservation_is_still_charged_when_settled(tmp_path: Path) -> None:
+def test_a_lost_reservation_is_still_charged_when_settled(
+    tmp_path: Path, server_kind: ServerKind
+) -> None:
     """Redis restarted empty while a call was in flight: its real usage is recorded anyway."""
-    server = start_redis(tmp_path)
+    server = start_redis(tmp_path, kind=server_kind)
     try:
 
         async def reserve(link: RedisLink) -> Reservation:
@@ -1180,7 +1189,8 @@ def test_a_lost_reservation_is_still_charged_when_settled(tmp_path: Path) -> Non
 
         reservation = run(reserve, server.url)
         server.stop()
-        server = start_redis(tmp_path, port=server.port)  # not persistent: it comes back empty
+        # not persistent: it comes back empty
+        server = start_redis(tmp_path, port=server.port, kind=server_kind)
 
         async def settle(link: RedisLink) -> None:
             ledger = BudgetLedger.for_agent(link, namespace="ns", agent="writer")
@@ -1397,10 +1407,10 @@ class Replicated:
 
 
 @pytest.fixture
-def replicated(tmp_path: Path) -> Iterator[Replicated]:
+def replicated(tmp_path: Path, server_kind: ServerKind) -> Iterator[Replicated]:
     """A master and one replica of it (`REPLICAOF`), in sync."""
-    master = start_redis(tmp_path / "master")
-    replica = start_redis(tmp_path / "replica")
+    master = start_redis(tmp_path / "master", kind=server_kind)
+    replica = start_redis(tmp_path / "replica", kind=server_kind)
     try:
         with master.client() as client:
             client.config_set("repl-diskless-sync-delay", 0)  # start the first sync at once

@@ -3,7 +3,7 @@ probes, native sidecars, security contexts, rollouts gated by semantic readiness
 killed pod's task, one budget shared by two replicas, and the team-run operator in-cluster.
 
 Everything is installed once per session by the `product` fixture, as `make run` installs it:
-the platform chart with its defaults (Redis with AOF on a dynamically provisioned volume), the
+the platform chart with its defaults (Valkey with AOF on a dynamically provisioned volume), the
 fake Anthropic API as a Deployment (examples/local/fake-anthropic.yaml), and the example agents
 `research` (2 replicas) and `summarizer` (1 replica) from examples/ with their local overrides.
 Tests that change a release put it back before they end, so their order does not matter.
@@ -133,7 +133,7 @@ def billed_tokens(fake_url: str, api_key: str) -> int:
 # --- the platform ------------------------------------------------------------------------------
 
 
-def test_redis_runs_with_aof_on_a_dynamically_provisioned_volume(product: Product) -> None:
+def test_valkey_runs_with_aof_on_a_dynamically_provisioned_volume(product: Product) -> None:
     [claim] = product.json("get", "pvc", "-l", f"app.kubernetes.io/instance={PLATFORM_RELEASE}")[
         "items"
     ]
@@ -142,13 +142,17 @@ def test_redis_runs_with_aof_on_a_dynamically_provisioned_volume(product: Produc
     volume = product.json("get", "pv", claim["spec"]["volumeName"])
     assert volume["spec"]["claimRef"]["name"] == claim["metadata"]["name"]
     # the platform chart's NOTES command, verbatim
-    pong = product.kubectl("exec", "kubeagents-redis-0", "-c", "redis", "--", "redis-cli", "ping")
+    pong = product.kubectl("exec", "kubeagents-redis-0", "-c", "redis", "--", "valkey-cli", "ping")
     assert pong.strip() == "PONG"
     aof = product.kubectl(
         "exec", "kubeagents-redis-0", "-c", "redis", "--",
-        "redis-cli", "config", "get", "appendonly",
+        "valkey-cli", "config", "get", "appendonly",
     )  # fmt: skip
     assert aof.split() == ["appendonly", "yes"]
+    server = product.kubectl(
+        "exec", "kubeagents-redis-0", "-c", "redis", "--", "valkey-cli", "info", "server"
+    )  # fmt: skip
+    assert "valkey_version:8.0." in server  # the chart's default server is Valkey 8
     listing = container_exec(product, "kubeagents-redis-0", "redis", "ls -R /data")
     assert ".aof" in listing
 
