@@ -64,8 +64,10 @@ def byte_bound(raw_body: bytes, body: dict[str, Any]) -> int:
 def needs_count_tokens(body: dict[str, Any], raw_body: bytes) -> bool:
     """Whether the body holds content whose tokens its bytes cannot bound (images, files, URLs,
     server-tool results), at any depth of `messages` or `system`."""
-    if not any(marker in raw_body for marker in _OPAQUE_MARKERS):
-        return False  # the common case: no such type name appears anywhere in the body
+    if b"\\u" not in raw_body and not any(marker in raw_body for marker in _OPAQUE_MARKERS):
+        # the common case: no such type name appears anywhere in the body (a `\u` escape may
+        # spell one, e.g. "im\u0061ge": then the decoded body decides)
+        return False
     return _has_opaque(body.get("messages")) or _has_opaque(body.get("system"))
 
 
