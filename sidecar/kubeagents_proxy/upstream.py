@@ -19,6 +19,7 @@ the provider may have billed it.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -49,9 +50,11 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         value = headers.get(name)
         if value:
             try:
-                return max(0.0, float(value) * scale)
+                seconds = float(value) * scale
             except ValueError:
                 continue
+            if math.isfinite(seconds):
+                return max(0.0, seconds)
     return None
 
 

@@ -73,3 +73,11 @@ def test_plain_text_needs_no_count_tokens() -> None:
 def test_the_counted_bound_adds_the_margin_and_the_overhead(counted: int) -> None:
     assert counted_bound(counted) >= counted * (1 + COUNT_TOKENS_MARGIN) + REQUEST_OVERHEAD
     assert counted_bound(counted) <= counted * (1 + COUNT_TOKENS_MARGIN) + REQUEST_OVERHEAD + 1
+
+
+def test_a_type_name_written_with_json_escapes_is_still_opaque_content() -> None:
+    """`"im\\u0061ge"` decodes to "image": the bytes scan alone would miss it."""
+    raw = b'{"messages": [{"role": "user", "content": [{"type": "im\\u0061ge"}]}]}'
+    body = json.loads(raw)
+    assert body["messages"][0]["content"][0]["type"] == "image"
+    assert needs_count_tokens(body, raw)

@@ -25,6 +25,8 @@ FAST = {"retry-after-ms": "1"}  # every retry waits 1 ms: the test never waits o
         ({"retry-after-ms": "soon", "retry-after": "2"}, 2.0),
         ({"retry-after": "Wed, 21 Oct 2026 07:28:00 GMT"}, None),
         ({"retry-after": "-5"}, 0.0),
+        ({"retry-after": "nan"}, None),
+        ({"retry-after-ms": "inf", "retry-after": "4"}, 4.0),
         ({}, None),
     ],
 )
