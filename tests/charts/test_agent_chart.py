@@ -442,16 +442,13 @@ def test_an_existing_prompt_configmap_is_mounted_instead(helm_chart: Helm) -> No
         "name": "summarizer-prompt",
         "items": [{"key": "prompt.md", "path": "system-prompt.txt"}],
     }
-    # `helm template` cannot look the ConfigMap up: no prompt hash to show (install/upgrade can)
-    # and the checksum covers the reference only
+    # no lookup: the checksum covers the reference and `promptChecksum`, and nothing else
     annotations = template_metadata(docs)["annotations"]
     assert "kubeagents.io/prompt-sha256" not in annotations
-    other = helm_chart.template(
-        {"existingPromptConfigMapKey": "other.md"},
-        files=(CHART / "ci" / "existing-secret-values.yaml",),
-    )
     checksum = "kubeagents.io/config-checksum"
-    assert template_metadata(other)["annotations"][checksum] != annotations[checksum]
+    for change in ({"existingPromptConfigMapKey": "other.md"}, {"promptChecksum": "v2"}):
+        other = helm_chart.template(change, files=(CHART / "ci" / "existing-secret-values.yaml",))
+        assert template_metadata(other)["annotations"][checksum] != annotations[checksum]
 
 
 # --- production pieces ---------------------------------------------------------------------------
