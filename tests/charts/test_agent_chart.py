@@ -34,6 +34,7 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from harness.binaries import REPO, tool, tools_dir
+from kubeagents.logs import configured_level
 from kubeagents.task_command import TaskSettings
 from kubeagents_probe.settings import ProbeSettings
 from kubeagents_proxy.request_options import (
@@ -595,6 +596,8 @@ def build_settings(
         cluster = plain_env(container).get(f"KUBEAGENTS_{name.upper()}_REDIS_CLUSTER") == "true"
         env = {key: resolve_env(entry, cluster) for key, entry in env_of(container).items()}
         prefixes = SETTINGS[name]
+        # every kubeagents process reads its log level (kubeagents.logs.configured_level)
+        configured_level(environ={"KUBEAGENTS_LOG_LEVEL": env.pop("KUBEAGENTS_LOG_LEVEL")})
         strays = [key for key in env if not key.startswith((*prefixes, "OTEL_"))]
         assert not strays, f"{name} gets variables no process of it reads: {strays}"
         built[name] = {}
