@@ -34,6 +34,7 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from harness.binaries import REPO, tool, tools_dir
+from kubeagents.logs import configured_level
 from kubeagents.task_command import TaskSettings
 from kubeagents_probe.settings import ProbeSettings
 from kubeagents_proxy.request_options import (
@@ -442,16 +443,13 @@ def test_an_existing_prompt_configmap_is_mounted_instead(helm_chart: Helm) -> No
         "name": "summarizer-prompt",
         "items": [{"key": "prompt.md", "path": "system-prompt.txt"}],
     }
-    # `helm template` cannot look the ConfigMap up: no prompt hash to show (install/upgrade can)
-    # and the checksum covers the reference only
+    # no lookup: the checksum covers the reference and `promptChecksum`, and nothing else
     annotations = template_metadata(docs)["annotations"]
     assert "kubeagents.io/prompt-sha256" not in annotations
-    other = helm_chart.template(
-        {"existingPromptConfigMapKey": "other.md"},
-        files=(CHART / "ci" / "existing-secret-values.yaml",),
-    )
     checksum = "kubeagents.io/config-checksum"
-    assert template_metadata(other)["annotations"][checksum] != annotations[checksum]
+    for change in ({"existingPromptConfigMapKey": "other.md"}, {"promptChecksum": "v2"}):
+        other = helm_chart.template(change, files=(CHART / "ci" / "existing-secret-values.yaml",))
+        assert template_metadata(other)["annotations"][checksum] != annotations[checksum]
 
 
 # --- production pieces ---------------------------------------------------------------------------
@@ -598,6 +596,8 @@ def build_settings(
         cluster = plain_env(container).get(f"KUBEAGENTS_{name.upper()}_REDIS_CLUSTER") == "true"
         env = {key: resolve_env(entry, cluster) for key, entry in env_of(container).items()}
         prefixes = SETTINGS[name]
+        # every kubeagents process reads its log level (kubeagents.logs.configured_level)
+        configured_level(environ={"KUBEAGENTS_LOG_LEVEL": env.pop("KUBEAGENTS_LOG_LEVEL")})
         strays = [key for key in env if not key.startswith((*prefixes, "OTEL_"))]
         assert not strays, f"{name} gets variables no process of it reads: {strays}"
         built[name] = {}

@@ -54,6 +54,8 @@ The LLM proxy: the only container with the API key.
   {{- $envs = append $envs (include "agent.redisUrlEntry" (dict "prefix" $p "root" .) | fromJson) }}
   env:
     {{- toYaml (concat $envs (include "agent.envEntries" .Values.otel | fromJsonArray)) | nindent 4 }}
+    - name: KUBEAGENTS_LOG_LEVEL
+      value: {{ .Values.logLevel | quote }}
   ports:
     - name: metrics
       containerPort: {{ include "agent.port.proxyAdmin" . }}
@@ -137,6 +139,8 @@ The semantic probe: its calls go through the proxy on loopback; it holds no key.
   {{- $envs = append $envs (include "agent.redisUrlEntry" (dict "prefix" $p "root" .) | fromJson) }}
   env:
     {{- toYaml (concat $envs (include "agent.envEntries" .Values.otel | fromJsonArray)) | nindent 4 }}
+    - name: KUBEAGENTS_LOG_LEVEL
+      value: {{ .Values.logLevel | quote }}
   ports:
     - name: probe
       containerPort: {{ include "agent.port.probe" . }}
@@ -221,6 +225,11 @@ while the probe's /readyz answers 200 (which is also its readiness probe).
   {{- $envs = append $envs (include "agent.redisUrlEntry" (dict "prefix" "KUBEAGENTS_TASK_" "root" .) | fromJson) }}
   env:
     {{- toYaml (concat $envs (include "agent.envEntries" .Values.otel | fromJsonArray)) | nindent 4 }}
+    - name: KUBEAGENTS_LOG_LEVEL
+      value: {{ .Values.logLevel | quote }}
+    {{- with .Values.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
   ports:
     - name: http
       containerPort: {{ include "agent.port.runtime" . }}
@@ -259,6 +268,9 @@ while the probe's /readyz answers 200 (which is also its readiness probe).
       mountPath: /tmp
     {{- range include "agent.mcpSecretMounts" . | fromJsonArray }}
     {{- toYaml (list .) | nindent 4 }}
+    {{- end }}
+    {{- with .Values.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
     {{- end }}
 {{- end }}
 

@@ -281,28 +281,10 @@ hashes exactly this.
 {{- end }}
 
 {{/*
-The prompt's ConfigMap as seen by the pods: the chart's own, or the existing one (looked up in the
-cluster when it can be; empty under `helm template`).
-*/}}
-{{- define "agent.existingPromptData" -}}
-{{- $cm := lookup "v1" "ConfigMap" .Release.Namespace .Values.existingPromptConfigMap }}
-{{- if $cm }}{{ toYaml (default (dict) $cm.data) }}{{ end }}
-{{- end }}
-
-{{/*
 Security context of every container.
 */}}
 {{- define "agent.containerSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 10001
-runAsGroup: 10001
-readOnlyRootFilesystem: true
-allowPrivilegeEscalation: false
-capabilities:
-  drop:
-    - ALL
-seccompProfile:
-  type: RuntimeDefault
+{{- toYaml .Values.containerSecurityContext }}
 {{- end }}
 
 {{/*
