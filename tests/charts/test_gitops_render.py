@@ -1,5 +1,6 @@
 """GitOps renders: Argo CD and Flux run `helm template` with no cluster, so every render of
-both charts must be byte-identical (no `lookup`, no random values in the default path)."""
+both charts with the GitOps values must be byte-identical: the agent chart's default path has
+no `lookup`; the platform chart's Redis password is a value or an existing Secret there."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ PLATFORM = REPO / "charts" / "kubeagents"
 # The agent chart needs an API key, so its defaults render is ci/defaults-values.yaml.
 RENDERS = [(PLATFORM, None)] + [(chart, values) for chart in (AGENT, PLATFORM)
                                 for values in sorted((chart / "ci").glob("*.yaml"))]  # fmt: skip
+# The GitOps way for the platform's Redis password (README: "The Redis password").
+GITOPS_PASSWORD = ("--set", "redis.auth.password=from-sops")
 
 
 def render(chart: Path, tmp_path: Path, *args: str) -> str:
@@ -38,7 +41,7 @@ def render(chart: Path, tmp_path: Path, *args: str) -> str:
 def test_each_chart_renders_identically_twice(
     chart: Path, values: Path | None, tmp_path: Path
 ) -> None:
-    args = ("-f", str(values)) if values else ()
+    args = (("-f", str(values)) if values else ()) + (GITOPS_PASSWORD if chart == PLATFORM else ())
     assert render(chart, tmp_path, *args) == render(chart, tmp_path, *args)
 
 
@@ -49,32 +52,17 @@ def password(*args: str, tmp_path: Path) -> str:
     return base64.b64decode(secret["data"]["redis-password"]).decode()
 
 
-def test_the_default_redis_password_is_derived_per_release(tmp_path: Path) -> None:
-    derived = password(tmp_path=tmp_path)
-    assert re.fullmatch(r"[0-9a-f]{32}", derived)
-    assert password("--namespace", "other", tmp_path=tmp_path) != derived
-    assert password("--set", "redis.auth.password=s3cret", tmp_path=tmp_path) == "s3cret"
+def test_a_password_value_is_used_as_given(tmp_path: Path) -> None:
+    assert password(*GITOPS_PASSWORD, tmp_path=tmp_path) == "from-sops"
 
 
-def test_the_lookup_password_is_an_explicit_opt_in(tmp_path: Path) -> None:
-    lookup = ("--set", "redis.auth.passwordSource=lookup")
-    first, second = password(*lookup, tmp_path=tmp_path), password(*lookup, tmp_path=tmp_path)
+def test_without_a_password_value_each_render_without_a_cluster_generates_a_new_one(
+    tmp_path: Path,
+) -> None:
+    """Why GitOps sets the password: `lookup` finds nothing under `helm template`."""
+    first, second = password(tmp_path=tmp_path), password(tmp_path=tmp_path)
     assert re.fullmatch(r"[A-Za-z0-9]{32}", first)
-    assert first != second  # random without a cluster: the reason it is not the default
-    assert password(*lookup, "--set", "redis.auth.password=s3cret", tmp_path=tmp_path) == "s3cret"
-
-
-def test_the_schema_rejects_an_unknown_password_source(tmp_path: Path) -> None:
-    env = {**os.environ, "KUBECONFIG": str(tmp_path / "no-cluster")}
-    result = subprocess.run(
-        [str(tool("helm")), "template", "x", str(PLATFORM),
-         "--set", "redis.auth.passwordSource=random"],
-        capture_output=True, text=True, timeout=60, check=False, env=env,
-    )  # fmt: skip
-    assert result.returncode != 0
-    assert "passwordSource" in result.stderr
-    assert "derived" in result.stderr
-    assert "lookup" in result.stderr
+    assert first != second
 
 
 def test_prompt_checksum_rolls_the_pods_without_lookup(tmp_path: Path) -> None:
