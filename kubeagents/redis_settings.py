@@ -11,7 +11,8 @@ commands) inherits it, so each has the same fields under its own prefix:
 - `<PREFIX>REDIS_TLS_CA_FILE`: a PEM bundle of the CAs that sign the server's certificate, for a
   TLS URL (unset: the system's CAs).
 
-A combination that cannot work is an invalid configuration, named before anything starts.
+An empty value of the last two is unset. A combination that cannot work is an invalid
+configuration, named before anything starts.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
 from kubeagents.agent import RedisUrl
@@ -41,6 +42,11 @@ class RedisSettings(BaseSettings):
         description="PEM file of the CAs that sign the Redis server's TLS certificate, for a "
         "rediss:// URL (unset: the system's CAs).",
     )
+
+    @field_validator("redis_sentinel_password", "redis_tls_ca_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value  # an empty variable (a chart's default) is unset
 
     @model_validator(mode="after")
     def _redis_settings_fit_together(self) -> Self:

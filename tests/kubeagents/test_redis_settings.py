@@ -100,3 +100,16 @@ def test_the_runtime_refuses_a_cluster_url_with_a_database_before_it_starts() ->
     assert "invalid configuration" in result.stderr
     assert "a Redis Cluster has no databases" in result.stderr
     assert "listening" not in result.stdout
+
+
+@pytest.mark.parametrize("settings", list(PROCESSES), ids=lambda s: s.__name__)
+def test_an_empty_sentinel_password_or_ca_file_is_unset(settings: type[BaseSettings]) -> None:
+    """A chart sets every variable; an empty one means the setting is not used."""
+    parsed = settings(
+        **PROCESSES[settings],
+        redis_url="redis://127.0.0.1:6379/0",
+        redis_sentinel_password="",
+        redis_tls_ca_file="",
+    )
+    assert isinstance(parsed, RedisSettings)
+    assert (parsed.redis_sentinel_password, parsed.redis_tls_ca_file) == (None, None)
