@@ -87,7 +87,7 @@ tools: $(UV) redis-server controlplane ## helm, kubectl, control plane, ct into 
 	$(BOOTSTRAP_PYTHON) tests/harness/client_tools.py \
 	  --pip $(BOOTSTRAP)/bin/pip --cache $(CACHE)/downloads --tools $(TOOLS_BIN)
 
-images: venv controlplane ## Build the images of the real node (kubeagents, Redis, pause, CoreDNS, provisioner), cached by content
+images: venv controlplane ## Build the images of the real node (kubeagents, Valkey, pause, CoreDNS, provisioner), cached by content
 	@cd tests && ../$(VENV)/bin/python -m harness.images build --cache $(CACHE)
 
 controlplane: ## Build etcd, kube-apiserver, -controller-manager, -scheduler, kwok, ct (cached)

@@ -543,6 +543,9 @@ def test_pod_monitor_and_alerts_select_this_agent(helm_chart: Helm) -> None:
     assert [e["port"] for e in monitor["podMetricsEndpoints"]] == ["metrics", "probe", "http"]
     for endpoint in monitor["podMetricsEndpoints"]:
         assert endpoint["relabelings"] == [{"targetLabel": "agent", "replacement": FULLNAME}]
+    # the platform chart's dashboard filters on that label by default
+    platform_values = yaml.safe_load((REPO / "charts" / "kubeagents" / "values.yaml").read_text())
+    assert platform_values["dashboard"]["agentLabel"] == "agent"
     rules = one(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]
     by_alert = {rule["alert"]: rule["expr"] for rule in rules}
     selector = f'namespace="{NAMESPACE}", agent="{FULLNAME}"'

@@ -495,22 +495,28 @@ def test_the_dashboard_configmap_holds_a_dashboard_of_every_agent_metric(helm: P
     agent_exprs = [e for e in exprs if "kubeagents_operator_" not in e]  # not the operator's row
     for expr in agent_exprs:  # every query is per agent, filtered by the variables
         assert 'namespace=~"$namespace"' in expr
-        assert 'app_kubernetes_io_instance=~"$agent"' in expr
+        assert 'agent=~"$agent"' in expr
+    assert "app_kubernetes_io_instance" not in configmap["data"]["kubeagents.json"]
     budget = "\n".join(e for e in exprs if "kubeagents_proxy_budget" in e)
     for kind, state in (("usd", "used"), ("usd", "remaining"), ("tokens", "limit")):
         assert f'kind="{kind}", state="{state}"' in budget
 
 
-def test_the_dashboard_label_and_agent_label_are_values(helm: Path) -> None:
+def test_the_dashboard_label_and_agent_label_are_values(helm: Path, tmp_path: Path) -> None:
     objects = render(helm, None, CHART / "ci" / "replicated-values.yaml")
     configmap = find(objects, "ConfigMap", f"{FULLNAME}-dashboard")
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "kubeagents"
     assert configmap["metadata"]["annotations"] == {"grafana_folder": "AI agents"}
-    dashboard = configmap["data"]["kubeagents.json"]
-    assert "app_kubernetes_io_instance" not in dashboard
-    panels = json.loads(dashboard)["panels"]
-    exprs = [target["expr"] for panel in panels for target in panel.get("targets", [])]
-    assert all('agent=~"$agent"' in expr for expr in exprs if "kubeagents_operator_" not in expr)
+
+    own_scrape = {"dashboard": {"agentLabel": "app_kubernetes_io_instance"}}
+    configmap = find(render(helm, own_scrape, tmp=tmp_path), "ConfigMap", f"{FULLNAME}-dashboard")
+    dashboard = json.loads(configmap["data"]["kubeagents.json"])
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    agent_exprs = [expr for expr in exprs if "kubeagents_operator_" not in expr]
+    assert all('app_kubernetes_io_instance=~"$agent"' in expr for expr in agent_exprs)
+    assert not any(re.search(r"\bagent=~", expr) for expr in agent_exprs)
+    [variable] = [v for v in dashboard["templating"]["list"] if v["name"] == "agent"]
+    assert variable["definition"].endswith(", app_kubernetes_io_instance)")
 
     off = render(helm, None, CHART / "ci" / "dashboard-off-values.yaml")
     assert not [o for o in off if o["metadata"]["name"].endswith("-dashboard")]

@@ -387,26 +387,11 @@ def test_a_missing_or_empty_header_file_is_reported(
 
 
 def test_config_accepts_camel_case_and_snake_case_keys() -> None:
-    camel = McpServer.model_validate(
-        {
-            "name": "search",
-            "transport": "http",
-            "url": "https://search.example/mcp",
-            "headerFiles": {"Authorization": "/var/run/secrets/search/authorization"},
-            "timeoutSeconds": 2.5,
-            "tools": ["search"],
-        }
-    )
-    snake = McpServer.model_validate(
-        {
-            "name": "search",
-            "transport": "http",
-            "url": "https://search.example/mcp",
-            "header_files": {"Authorization": "/var/run/secrets/search/authorization"},
-            "timeout_seconds": 2.5,
-            "tools": ["search"],
-        }
-    )
+    common: dict[str, object] = {"name": "search", "transport": "http", "tools": ["search"]}
+    common["url"] = "https://search.example/mcp"
+    headers = {"Authorization": "/var/run/secrets/search/authorization"}
+    camel = McpServer.model_validate({**common, "headerFiles": headers, "timeoutSeconds": 2.5})
+    snake = McpServer.model_validate({**common, "header_files": headers, "timeout_seconds": 2.5})
     assert camel == snake
     assert camel.header_files == {"Authorization": Path("/var/run/secrets/search/authorization")}
     assert camel.timeout_seconds == 2.5
