@@ -65,6 +65,12 @@ class SseDecoder:
                     self._data = []
                 self._event = b""
                 continue
+            if line.startswith(b"data: "):  # the usual forms first: one method call each
+                self._data.append(line[6:])
+                continue
+            if line.startswith(b"event: "):
+                self._event = line[7:]
+                continue
             if line[0] == 0x3A:  # ":" a comment
                 continue
             name, colon, value = line.partition(b":")
