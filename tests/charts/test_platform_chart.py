@@ -508,15 +508,17 @@ def test_the_dashboard_label_and_agent_label_are_values(helm: Path, tmp_path: Pa
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "kubeagents"
     assert configmap["metadata"]["annotations"] == {"grafana_folder": "AI agents"}
 
-    own_scrape = {"dashboard": {"agentLabel": "app_kubernetes_io_instance"}}
+    # a label that is neither the default nor the JSON's token, so the replacement shows
+    own_scrape = {"dashboard": {"agentLabel": "pod_agent"}}
     configmap = find(render(helm, own_scrape, tmp=tmp_path), "ConfigMap", f"{FULLNAME}-dashboard")
+    assert "app_kubernetes_io_instance" not in configmap["data"]["kubeagents.json"]
     dashboard = json.loads(configmap["data"]["kubeagents.json"])
     exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
     agent_exprs = [expr for expr in exprs if "kubeagents_operator_" not in expr]
-    assert all('app_kubernetes_io_instance=~"$agent"' in expr for expr in agent_exprs)
+    assert all('pod_agent=~"$agent"' in expr for expr in agent_exprs)
     assert not any(re.search(r"\bagent=~", expr) for expr in agent_exprs)
     [variable] = [v for v in dashboard["templating"]["list"] if v["name"] == "agent"]
-    assert variable["definition"].endswith(", app_kubernetes_io_instance)")
+    assert variable["definition"].endswith(", pod_agent)")
 
     off = render(helm, None, CHART / "ci" / "dashboard-off-values.yaml")
     assert not [o for o in off if o["metadata"]["name"].endswith("-dashboard")]
